@@ -1,0 +1,62 @@
+"""The default configuration: every field the framework reads, with the zero-setup values.
+
+`python -m jaxcolor.train` with no flags uses this: the skip autoencoder at half width on random
+crops of the photographs shipped with scikit-image, sized to finish in minutes on a laptop CPU.
+Experiment files in `experiments/` import `get_config` from here and override a few fields.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "sample"  # sample | folder
+    c.data.path = ""  # folder source: the image directory (searched recursively)
+    c.data.train_split = "train"
+    c.data.val_split = "validation"
+    c.data.test_split = "test"
+    c.data.crop = 0  # center crop-or-pad side before resizing; 0 = largest centered square
+    c.data.image_size = 64
+    c.data.rotate_degrees = 15.0
+    c.data.hflip = True
+    c.data.worker_count = 0  # grain worker processes; 0 = in the main process
+    c.data.worker_buffer_size = 2
+    c.data.eval_threads = 2
+    c.data.eval_examples = 0  # cap on evaluated examples per split; 0 = the whole split
+    c.data.sample_train_examples = 1024  # crops per epoch of the sample source
+    c.data.sample_eval_examples = 128
+    c.data.sample_eval_seed = 1234
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "autoencoder"
+    c.model.width = 0.5
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "reference"  # reference | l1 | mse | huber
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = "constant"  # constant | cosine
+    c.optimizer.warmup_steps = 0
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.grad_clip = 0.0
+
+    c.batch_size = 32  # global, over all devices and processes
+    c.num_steps = 300
+    c.dtype = "float32"  # compute dtype of activations; parameters stay float32
+    c.parallel = "jit"  # jit | pmap
+
+    c.log_every = 20
+    c.eval_every = 100
+    c.checkpoint_every = 100
+    c.keep = 2  # last checkpoints kept, besides the best one
+    c.patience = 0  # early stopping after this many evaluations without improvement; 0 = off
+    c.num_preview_images = 8
+    c.prefetch = 2  # batches moved to the devices ahead of the step
+    return c

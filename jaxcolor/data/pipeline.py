@@ -1,0 +1,153 @@
+"""grain pipelines: records -> this host's shard -> shuffled, augmented, LAB batches.
+
+Training: source -> shard (this process of all) -> shuffle(seed) -> repeat -> random_map(load +
+augment + LAB) -> worker processes -> skip undecodable files (counted) -> batch.
+The iterator is a grain DatasetIterator, so its position is saved with the train state.
+
+Evaluation: the split's records for this process, no augmentation, in order, padded so that every
+process yields the same number of batches (collectives need all hosts to take part), with a
+per-example `weight` that is 0 on padding.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Iterator
+
+import grain
+import numpy as np
+
+from jaxcolor.data import sources, transforms
+
+log = logging.getLogger(__name__)
+
+
+class _SkipBadIterator(grain.DatasetIterator):
+    """Drops marker records of undecodable files, counts them, logs each path once.
+
+    Runs in the main process after the workers, so the count is one number for the whole host;
+    it travels with the iterator state and is attached to every example as `skipped`.
+    """
+
+    def __init__(self, parent):
+        super().__init__(parent)
+        self._skipped = 0
+        self._logged: set[str] = set()
+
+    def __next__(self):
+        while True:
+            element = next(self._parent)
+            if transforms.BAD not in element:
+                element["skipped"] = np.int64(self._skipped)
+                return element
+            self._skipped += 1
+            path = element[transforms.BAD]
+            if path not in self._logged:
+                self._logged.add(path)
+                log.warning("skipping unreadable image %s (%s)", path, element.get("error"))
+
+    def get_state(self):
+        return {"parent": self._parent.get_state(), "skipped": self._skipped}
+
+    def set_state(self, state):
+        self._parent.set_state(state["parent"])
+        self._skipped = int(state["skipped"])
+
+
+class _SkipBadDataset(grain.IterDataset):
+    def __iter__(self):
+        return _SkipBadIterator(self._parent.__iter__())
+
+
+def per_process_batch(global_batch: int, process_count: int) -> int:
+    if global_batch % process_count:
+        raise ValueError(
+            f"config.batch_size={global_batch} must be divisible by the process count "
+            f"{process_count}"
+        )
+    return global_batch // process_count
+
+
+def shard_records(records: list, process_index: int, process_count: int) -> list:
+    """This process's disjoint share; together the shares cover the split exactly."""
+    return records[process_index::process_count]
+
+
+def train_dataset(
+    data_config,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.IterDataset:
+    """Infinite, shuffled, augmented batches of `batch_size` (this process's share)."""
+    records = sources.records_for(data_config, data_config.train_split)
+    mine = shard_records(records, process_index, process_count)
+    if not mine:
+        raise ValueError(
+            f"split {data_config.train_split!r} has {len(records)} records: too few for "
+            f"{process_count} processes"
+        )
+    ds = grain.MapDataset.source(mine).shuffle(seed=seed).repeat(None)
+    ds = ds.random_map(
+        lambda r, rng: transforms.load_example(r, rng, data_config, train=True), seed=seed
+    )
+    it = ds.to_iter_dataset()
+    if data_config.worker_count > 0:
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=data_config.worker_count,
+                per_worker_buffer_size=data_config.worker_buffer_size,
+            )
+        )
+    return _SkipBadDataset(it).batch(batch_size, drop_remainder=True)
+
+
+def eval_records(data_config, split: str) -> list[dict[str, Any]]:
+    records = sources.records_for(data_config, split)
+    if data_config.eval_examples > 0:
+        records = records[: data_config.eval_examples]
+    if not records:
+        raise ValueError(f"split {split!r} of source {data_config.source!r} is empty")
+    return records
+
+
+def eval_batches(
+    data_config,
+    split: str,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    records: list | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over the split: this process's share, unaugmented, padded with weight 0."""
+    records = eval_records(data_config, split) if records is None else records
+    num_batches = math.ceil(math.ceil(len(records) / process_count) / batch_size)
+    mine = shard_records(records, process_index, process_count)
+    ds = grain.MapDataset.source(mine).map(
+        lambda r: transforms.load_example(r, None, data_config, train=False)
+    )
+    it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, data_config.eval_threads))))
+    size = data_config.image_size
+    skipped = 0
+    for _ in range(num_batches):
+        rows = []
+        for element in it:
+            if transforms.BAD in element:
+                skipped += 1
+                log.warning("skipping unreadable image %s", element[transforms.BAD])
+                continue
+            rows.append(element)
+            if len(rows) == batch_size:
+                break
+        weight = np.zeros((batch_size,), np.float32)
+        weight[: len(rows)] = 1.0
+        batch = {
+            "L": np.zeros((batch_size, size, size, 1), np.float32),
+            "ab": np.zeros((batch_size, size, size, 2), np.float32),
+            "weight": weight,
+        }
+        for i, row in enumerate(rows):
+            batch["L"][i], batch["ab"][i] = row["L"], row["ab"]
+        yield batch

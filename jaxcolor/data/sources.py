@@ -1,0 +1,161 @@
+"""Where examples come from: a list of records per split, each one cheap to describe.
+
+A record is a small dict (a file path, or a sample photo and a crop index); decoding happens later,
+in the transforms, inside grain's workers. Listing is deterministic so that every host of a
+multi-host run, and every rerun, sees the same order before its seeded shuffle.
+
+Split strings follow TFDS: a name (`train`, `validation`, `test`), a slice (`[:10%]`,
+`[10%:25%]`, `[25%:]`, `[100:200]`), or both (`train[:50%]`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Any
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+SPLIT_NAMES = ("train", "validation", "test")
+# Fractions used for named splits when a folder carries no partition file: the reference work's
+# TFDS slices (test [:10%], validation [10%:25%], train [25%:]).
+DEFAULT_NAMED_SLICES = {"test": "[:10%]", "validation": "[10%:25%]", "train": "[25%:]"}
+# CelebA's list_eval_partition.txt codes.
+CELEBA_PARTITIONS = {"train": "0", "validation": "1", "test": "2"}
+
+# The color photographs shipped inside scikit-image's `skimage/data` folder (no download needed).
+# Whole photos are held out for validation and test so that no crop of a training photo is seen.
+SAMPLE_PHOTOS = {
+    "train": (
+        "astronaut.png",
+        "rocket.jpg",
+        "motorcycle_left.png",
+        "motorcycle_right.png",
+        "hubble_deep_field.jpg",
+        "ihc.png",
+        "retina.jpg",
+    ),
+    "validation": ("chelsea.png", "coffee.png"),
+    "test": ("chelsea.png", "coffee.png"),
+}
+
+_SPLIT_RE = re.compile(r"^(?P<name>[A-Za-z_]*)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
+
+
+def parse_split(spec: str) -> tuple[str, str | None, str | None]:
+    """'train[10%:25%]' -> ('train', '10%', '25%'); '[:100]' -> ('', None, '100')."""
+    match = _SPLIT_RE.match(spec.replace(" ", ""))
+    if not match:
+        raise ValueError(
+            f"split {spec!r}: expected a TFDS-style split such as 'train', '[:10%]', "
+            "'[10%:25%]', '[25%:]', '[100:200]' or 'train[:50%]'"
+        )
+    return match.group("name"), match.group("start"), match.group("stop")
+
+
+def _bound(value: str | None, n: int, default: int) -> int:
+    if value is None:
+        return default
+    if value.endswith("%"):
+        pct = int(value[:-1])
+        if not -100 <= pct <= 100:
+            raise ValueError(f"split bound {value!r} is outside -100%..100%")
+        k = int(round(abs(pct) * n / 100))
+        return k if pct >= 0 else n - k
+    k = int(value)
+    return max(0, min(n, k if k >= 0 else n + k))
+
+
+def apply_slice(items: list, start: str | None, stop: str | None) -> list:
+    n = len(items)
+    return items[_bound(start, n, 0) : _bound(stop, n, n)]
+
+
+def list_image_files(root: str) -> list[str]:
+    """All images under `root`, recursively, sorted by relative path (deterministic)."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"config.data.path={root!r}: expected a directory of JPEG/PNG images"
+        )
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in filenames:
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(os.path.relpath(os.path.join(dirpath, name), root))
+    found.sort()
+    if not found:
+        raise FileNotFoundError(
+            f"config.data.path={root!r}: no images ({', '.join(IMAGE_EXTENSIONS)}) found"
+        )
+    return found
+
+
+def _celeba_partition(root: str) -> dict[str, str] | None:
+    """CelebA's list_eval_partition.txt beside (or above) the image folder, if any."""
+    for candidate in (root, os.path.dirname(os.path.normpath(root))):
+        path = os.path.join(candidate, "list_eval_partition.txt")
+        if os.path.isfile(path):
+            with open(path) as f:
+                rows = (line.split() for line in f if line.strip())
+                return {name: code for name, code in rows}
+    return None
+
+
+def folder_records(root: str, split: str) -> list[dict[str, Any]]:
+    """Records of one split of an image folder, in deterministic order."""
+    name, start, stop = parse_split(split)
+    files = list_image_files(root)
+    if name:
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"split {split!r}: name must be one of {SPLIT_NAMES} or empty")
+        partition = _celeba_partition(root)
+        if partition is not None:
+            code = CELEBA_PARTITIONS[name]
+            files = [f for f in files if partition.get(os.path.basename(f)) == code]
+        else:
+            _, s0, s1 = parse_split(DEFAULT_NAMED_SLICES[name])
+            files = apply_slice(files, s0, s1)
+    files = apply_slice(files, start, stop)
+    return [{"path": os.path.join(root, f)} for f in files]
+
+
+def sample_dir() -> str:
+    import skimage.data
+
+    return os.path.dirname(skimage.data.__file__)
+
+
+def sample_records(split: str, num_examples: int) -> list[dict[str, Any]]:
+    """`num_examples` crop records cycling over the split's whole photos."""
+    name, start, stop = parse_split(split)
+    photos = SAMPLE_PHOTOS.get(name or "train")
+    if photos is None:
+        raise ValueError(f"sample source split {split!r}: expected one of {SPLIT_NAMES}")
+    records = [
+        {"path": os.path.join(sample_dir(), photos[i % len(photos)]), "crop_id": i}
+        for i in range(num_examples)
+    ]
+    return apply_slice(records, start, stop)
+
+
+def records_for(data_config, split: str) -> list[dict[str, Any]]:
+    """The records of `split` for the configured source."""
+    source = data_config.source
+    if source == "sample":
+        is_train = parse_split(split)[0] in ("", "train")
+        n = data_config.sample_train_examples if is_train else data_config.sample_eval_examples
+        return sample_records(split, n)
+    if source == "folder":
+        if not data_config.path:
+            raise ValueError("config.data.source='folder' needs config.data.path=DIR")
+        return folder_records(data_config.path, split)
+    raise ValueError(f"config.data.source={source!r}: expected 'sample' or 'folder'")
+
+
+def digest(records: list[dict[str, Any]]) -> str:
+    """A short digest of the record list, to tell datasets apart in run records."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(repr(sorted(r.items())).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,125 @@
+"""Per-record transforms: decode, crop-or-pad, resize, augment, RGB -> LAB, scale.
+
+Every random choice draws from the `np.random.Generator` that grain's `random_map` derives from
+(seed, index in the repeated dataset), so a given (seed, epoch, index) always gives the same
+example, in any worker, after any restart.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from jaxcolor import color
+
+BAD = "bad"  # key of the marker record that replaces an undecodable file
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: alpha composited on white, 16-bit and float rescaled."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def decode(path: str) -> np.ndarray:
+    """File -> (H, W, 3) uint8 RGB; raises on anything that is not a whole, readable image."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        img.load()
+        return np.asarray(to_rgb(img))
+
+
+@functools.lru_cache(maxsize=16)
+def _decoded_photo(path: str) -> np.ndarray:
+    """The sample photos are few and reused for every crop: decode each once per worker."""
+    return decode(path)
+
+
+def center_crop_or_pad(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Center crop to size x size where larger, zero-pad (black) where smaller, as
+    `tf.image.resize_with_crop_or_pad`. size <= 0 crops the largest centered square instead."""
+    h, w = rgb.shape[:2]
+    th = tw = size if size > 0 else min(h, w)
+    top, left = max(0, (h - th) // 2), max(0, (w - tw) // 2)
+    rgb = rgb[top : top + th, left : left + tw]
+    h, w = rgb.shape[:2]
+    if (h, w) == (th, tw):
+        return rgb
+    out = np.zeros((th, tw, 3), rgb.dtype)
+    oy, ox = (th - h) // 2, (tw - w) // 2
+    out[oy : oy + h, ox : ox + w] = rgb
+    return out
+
+
+def resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    if rgb.shape[0] == size and rgb.shape[1] == size:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+
+
+def rotate(rgb: np.ndarray, degrees: float) -> np.ndarray:
+    """Bilinear rotation about the center, filling the corners by reflection (Keras'
+    RandomRotation default), done as reflect-pad, rotate, center crop."""
+    if degrees == 0:
+        return rgb
+    h, w = rgb.shape[:2]
+    theta = math.radians(abs(degrees))
+    need_h = h * math.cos(theta) + w * math.sin(theta)
+    need_w = w * math.cos(theta) + h * math.sin(theta)
+    ph, pw = int(math.ceil((need_h - h) / 2)) + 1, int(math.ceil((need_w - w) / 2)) + 1
+    padded = np.pad(rgb, ((ph, ph), (pw, pw), (0, 0)), mode="reflect")
+    rotated = Image.fromarray(padded).rotate(degrees, resample=Image.BILINEAR)
+    return np.asarray(rotated)[ph : ph + h, pw : pw + w]
+
+
+def random_square_crop(rgb: np.ndarray, rng: np.random.Generator, lo=0.2, hi=0.6) -> np.ndarray:
+    """A square crop whose side is a random fraction of the photo's shorter side."""
+    h, w = rgb.shape[:2]
+    side = max(8, int(min(h, w) * rng.uniform(lo, hi)))
+    top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    return rgb[top : top + side, left : left + side]
+
+
+def to_model_arrays(rgb: np.ndarray) -> dict[str, np.ndarray]:
+    """(H, W, 3) uint8 -> {'L': L/100 (H, W, 1), 'ab': ab/128 (H, W, 2)} float32."""
+    lab = color.rgb_to_lab(rgb.astype(np.float32) / 255.0)
+    return {
+        "L": lab[..., :1] / np.float32(color.L_SCALE),
+        "ab": lab[..., 1:] / np.float32(color.AB_SCALE),
+    }
+
+
+def load_example(record: dict, rng: np.random.Generator, cfg, train: bool) -> dict:
+    """One record -> model arrays, or a {BAD: path} marker if the file cannot be decoded."""
+    try:
+        if "crop_id" in record:  # sample source: random crops of a whole photo
+            if not train:  # fixed crops: the same validation set at every evaluation
+                rng = np.random.default_rng([cfg.sample_eval_seed, record["crop_id"]])
+            rgb = random_square_crop(_decoded_photo(record["path"]), rng)
+        else:
+            rgb = decode(record["path"])
+    except Exception as exc:  # noqa: BLE001 - any undecodable file is skipped and counted
+        return {BAD: record["path"], "error": f"{type(exc).__name__}: {exc}"}
+    return transform_rgb(rgb, rng, cfg, train)
+
+
+def transform_rgb(rgb: np.ndarray, rng: np.random.Generator, cfg, train: bool) -> dict:
+    rgb = center_crop_or_pad(rgb, cfg.crop)
+    rgb = resize(rgb, cfg.image_size)
+    if train and cfg.rotate_degrees > 0:
+        rgb = rotate(rgb, rng.uniform(-cfg.rotate_degrees, cfg.rotate_degrees))
+    if train and cfg.hflip and rng.random() < 0.5:
+        rgb = rgb[:, ::-1]
+    return to_model_arrays(np.ascontiguousarray(rgb))

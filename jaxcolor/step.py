@@ -1,0 +1,178 @@
+"""The train state and the pure step functions.
+
+`train_step(state, batch, rng)` and `eval_step(state, batch)` are plain functions of arrays. The
+same functions run under `jax.jit` over a mesh (the batch is global, XLA inserts the collectives)
+and under `jax.pmap` (pass `axis_name`: gradients, metrics and - through the model's BatchNorm
+`axis_name` - batch statistics are averaged over devices), so both paths compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from jaxcolor import color
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState plus BatchNorm running statistics."""
+
+    batch_stats: Any = None
+
+
+def make_optimizer(opt_config, num_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+    """Adam (the reference) or AdamW, with a constant, cosine or warmup-cosine learning rate."""
+    lr = opt_config.learning_rate
+    warmup = opt_config.warmup_steps
+    if opt_config.schedule == "constant":
+        schedule = optax.constant_schedule(lr)
+        if warmup:
+            schedule = optax.join_schedules(
+                [optax.linear_schedule(0.0, lr, warmup), schedule], [warmup]
+            )
+    elif opt_config.schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0 if warmup else lr, lr, max(warmup, 0), max(num_steps, warmup + 1)
+        )
+    else:
+        raise ValueError(
+            f"config.optimizer.schedule={opt_config.schedule!r}: expected 'constant' or 'cosine'"
+        )
+    if opt_config.name == "adam":
+        tx = optax.adam(schedule, b1=opt_config.b1, b2=opt_config.b2)
+    elif opt_config.name == "adamw":
+        tx = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2,
+                         weight_decay=opt_config.weight_decay)
+    else:
+        raise ValueError(f"config.optimizer.name={opt_config.name!r}: expected 'adam' or 'adamw'")
+    if opt_config.grad_clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip), tx)
+    return tx, schedule
+
+
+def create_state(model, tx, rng, image_size: int) -> TrainState:
+    """Fresh state; meant to be traced under `jax.eval_shape` and `jax.jit`."""
+    variables = model.init(rng, jnp.zeros((1, image_size, image_size, 1), jnp.float32))
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=tx,
+    )
+
+
+def _mean(x, axis_name):
+    return jax.lax.pmean(x, axis_name) if axis_name else x
+
+
+def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None = None):
+    """One optimizer step on `batch` = {'L': (B,H,W,1), 'ab': (B,H,W,2)}.
+
+    Returns the new state and float32 scalar metrics. A non-finite loss or gradient is reported
+    in `metrics['finite']`; the caller decides whether to stop (see train.py).
+    """
+    del rng  # the models are deterministic; kept so stochastic models need no new signature
+
+    def loss_of(params):
+        pred, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["L"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return loss_fn(pred, batch["ab"]), (pred, updates["batch_stats"])
+
+    (loss, (pred, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    grads = _mean(grads, axis_name)
+    loss = _mean(loss, axis_name)
+    ab_mae = _mean(jnp.abs(pred.astype(jnp.float32) - batch["ab"]).mean(), axis_name)
+    grad_norm = optax.global_norm(grads)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    metrics = {
+        "loss": loss,
+        "ab_mae": ab_mae * color.AB_SCALE,
+        "grad_norm": grad_norm,
+        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+    }
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch, *, loss_fn, axis_name: str | None = None):
+    """Weighted sums over `batch` (weight 0 marks padding), to be added up over a split.
+
+    Returns per-split sums: `count`, `loss`, `ab_abs` and `ab_sq` (LAB units, summed over pixels
+    and both channels, divided per example by its pixel count) and the same for the gray baseline.
+    """
+    pred = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats}, batch["L"], train=False
+    ).astype(jnp.float32)
+    w = batch["weight"]
+    err = (pred - batch["ab"]) * color.AB_SCALE
+    gray = batch["ab"] * color.AB_SCALE
+    per_example = lambda x: x.reshape(x.shape[0], -1).mean(axis=1)  # noqa: E731
+    sums = {
+        "count": w.sum(),
+        "loss": loss_fn(pred, batch["ab"], w) * w.sum(),
+        "ab_abs": (per_example(jnp.abs(err)) * w).sum(),
+        "ab_sq": (per_example(err**2) * w).sum(),
+        "gray_ab_abs": (per_example(jnp.abs(gray)) * w).sum(),
+        "gray_ab_sq": (per_example(gray**2) * w).sum(),
+    }
+    if axis_name:
+        sums = jax.lax.psum(sums, axis_name)
+    return sums
+
+
+def summarize_eval(sums) -> dict[str, float]:
+    n = max(float(sums["count"]), 1.0)
+    return {
+        "loss": float(sums["loss"]) / n,
+        "ab_mae": float(sums["ab_abs"]) / n,
+        "ab_rmse": (float(sums["ab_sq"]) / n) ** 0.5,
+        "gray_ab_mae": float(sums["gray_ab_abs"]) / n,
+        "gray_ab_rmse": (float(sums["gray_ab_sq"]) / n) ** 0.5,
+        "count": int(round(float(sums["count"]))),
+    }
+
+
+def predict(state: TrainState, l_input):
+    """(B,H,W,1) L/100 -> (B,H,W,2) ab/128 in inference mode."""
+    return state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats}, l_input, train=False
+    ).astype(jnp.float32)
+
+
+def compile_jit(loss_fn, state_sharding, data_sharding):
+    """The jit path: state replicated, batch split on the mesh's data axis, state donated."""
+    train = jax.jit(
+        functools.partial(train_step, loss_fn=loss_fn),
+        in_shardings=(state_sharding, data_sharding, state_sharding),
+        out_shardings=(state_sharding, state_sharding),
+        donate_argnums=0,
+    )
+    evaluate = jax.jit(
+        functools.partial(eval_step, loss_fn=loss_fn),
+        in_shardings=(state_sharding, data_sharding),
+        out_shardings=state_sharding,
+    )
+    return train, evaluate
+
+
+def compile_pmap(loss_fn, axis_name: str):
+    """The pmap path: the same step per device with pmean/psum over `axis_name`."""
+    train = jax.pmap(
+        functools.partial(train_step, loss_fn=loss_fn, axis_name=axis_name),
+        axis_name=axis_name,
+        in_axes=(0, 0, None),
+        donate_argnums=0,
+    )
+    evaluate = jax.pmap(
+        functools.partial(eval_step, loss_fn=loss_fn, axis_name=axis_name),
+        axis_name=axis_name,
+    )
+    return train, evaluate

@@ -1,0 +1,277 @@
+"""`python -m jaxcolor.train --config experiments/NAME.py --workdir runs/NAME [--config.X=Y]`
+
+Trains a colorizer: a grain pipeline feeds a pure, compiled train step over every device of every
+process; orbax checkpoints the state and the data iterator together, so rerunning the same command
+resumes exactly where the last checkpoint left off. `run(config, workdir)` is the same thing as a
+Python function.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from jaxcolor import checkpoint, images, losses, parallel, step as step_lib
+from jaxcolor.data import pipeline
+from jaxcolor.logbook import Logbook
+from jaxcolor.models import build_model
+
+log = logging.getLogger("jaxcolor")
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or gradient went NaN/Inf: training cannot continue from this state."""
+
+
+class Trainer:
+    """What one run holds: compiled steps, shardings and how to move batches and states."""
+
+    def __init__(self, config):
+        self.config = config
+        parallel.check_batch(config.batch_size)
+        self.pmap = config.parallel == "pmap"
+        if config.parallel not in ("jit", "pmap"):
+            raise ValueError(f"config.parallel={config.parallel!r}: expected 'jit' or 'pmap'")
+        self.mesh = parallel.make_mesh()
+        self.repl = parallel.replicated(self.mesh)
+        self.data = parallel.data_sharding(self.mesh)
+        self.model = build_model(
+            config.model, config.dtype, bn_axis_name=parallel.PMAP_AXIS if self.pmap else None
+        )
+        self.loss_fn = losses.get_loss(config.loss.name)
+        self.tx, self.schedule = step_lib.make_optimizer(config.optimizer, config.num_steps)
+        self.init_fn = functools.partial(
+            step_lib.create_state, self.model, self.tx, image_size=config.data.image_size
+        )
+        if self.pmap:
+            self.train_step, self.eval_step = step_lib.compile_pmap(self.loss_fn, parallel.PMAP_AXIS)
+        else:
+            self.train_step, self.eval_step = step_lib.compile_jit(self.loss_fn, self.repl, self.data)
+
+    def init_state(self, rng):
+        """Global, replicated state: shapes first (no allocation), then a compiled init."""
+        abstract = jax.eval_shape(self.init_fn, rng)
+        state = jax.jit(self.init_fn, out_shardings=self.repl)(rng)
+        return state, self.with_sharding(abstract)
+
+    def with_sharding(self, abstract):
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.repl), abstract
+        )
+
+    # The checkpointed form is always the global replicated state; pmap works on per-device copies.
+    def to_step_form(self, state):
+        return parallel.pmap_replicate(state) if self.pmap else state
+
+    def to_global_form(self, state):
+        return parallel.pmap_unreplicate(state, self.repl) if self.pmap else state
+
+    def put(self, batch):
+        return parallel.to_pmap(batch) if self.pmap else parallel.to_global(batch, self.data)
+
+    def fetch(self, tree):
+        """Device metrics -> host floats (pmap results carry a leading device axis)."""
+        host = parallel.fetch(tree)
+        return jax.tree.map(lambda x: x[0], host) if self.pmap else host
+
+    def evaluate(self, state, records) -> dict[str, float]:
+        cfg = self.config
+        share = pipeline.per_process_batch(cfg.batch_size, jax.process_count())
+        sums = None
+        for batch in pipeline.eval_batches(
+            cfg.data, cfg.data.val_split, share, jax.process_index(), jax.process_count(), records
+        ):
+            out = self.eval_step(state, self.put(batch))
+            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+        return step_lib.summarize_eval(self.fetch(sums))
+
+    def preview(self, state, preview_batch) -> np.ndarray:
+        """Gray | prediction | truth grid on fixed validation images, on this process alone."""
+        host_state = jax.tree.map(np.asarray, parallel.fetch(self.to_global_form(state)))
+        n = int(preview_batch["weight"].sum())
+        pred = jax.jit(step_lib.predict)(host_state, preview_batch["L"][:n])
+        return images.comparison_grid(
+            preview_batch["L"][:n], np.asarray(pred), preview_batch["ab"][:n]
+        )
+
+
+def _host_batches(iterator):
+    """(host batch, iterator state after it, files skipped so far) for each batch."""
+    for batch in iterator:
+        skipped = int(np.max(batch.pop("skipped")))
+        yield batch, iterator.get_state(), skipped
+
+
+def run(config, workdir: str) -> dict:
+    """Trains (or resumes) in `workdir`; returns the final validation summary."""
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    trainer = Trainer(config)
+    logbook = Logbook(workdir, enabled=is_main)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+    root = jax.random.key(config.seed)
+    init_rng, step_root = jax.random.split(root)
+    state, abstract = trainer.init_state(init_rng)
+    manager = checkpoint.make_manager(workdir, config.keep)
+
+    share = pipeline.per_process_batch(config.batch_size, jax.process_count())
+    dataset = pipeline.train_dataset(
+        config.data, share, config.seed, jax.process_index(), jax.process_count()
+    )
+    iterator = iter(dataset)
+    loop = {"best_val_loss": math.inf, "best_step": -1, "bad_evals": 0, "stopped_early": False}
+    start = 0
+    latest = manager.latest_step()
+    if latest is not None:
+        state, data_state, loop = checkpoint.restore(manager, latest, abstract)
+        iterator.set_state(data_state)
+        start = latest
+        logbook.truncate_after(start)
+        log.info("resumed from %s at step %d", manager.directory, start)
+    if start >= config.num_steps or loop.get("stopped_early"):
+        log.info("nothing to do: the run in %s already ended at step %d", workdir, start)
+
+    val_records = pipeline.eval_records(config.data, config.data.val_split)
+    preview_batch = next(
+        pipeline.eval_batches(config.data, config.data.val_split,
+                              min(config.num_preview_images, len(val_records)),
+                              records=val_records[: config.num_preview_images])
+    )
+
+    state = trainer.to_step_form(state)
+    batches = parallel.prefetch(
+        _host_batches(iterator),
+        put=lambda item: (trainer.put(item[0]), item[1], item[2]),
+        size=max(1, config.prefetch),
+    )
+    progress = _progress(is_main, start, config.num_steps)
+    pending: list[tuple[int, dict]] = []
+    data_state, skipped = None, 0
+    last_time, last_step = time.perf_counter(), start
+    last_eval: dict | None = None
+
+    def flush(step: int) -> None:
+        """Fetch the metrics of the steps since the last flush; stop on a non-finite loss."""
+        nonlocal pending, last_time, last_step
+        if not pending:
+            return
+        host = trainer.fetch([m for _, m in pending])
+        bad = [s for (s, _), m in zip(pending, host) if not bool(m["finite"])]
+        if bad:
+            raise NonFiniteError(
+                f"non-finite loss or gradient at step {bad[0]}; last good checkpoint: "
+                f"{manager.latest_step()} in {manager.directory}"
+            )
+        now = time.perf_counter()
+        row = {k: float(np.mean([m[k] for m in host])) for k in ("loss", "ab_mae", "grad_norm")}
+        row["learning_rate"] = float(trainer.schedule(step))
+        row["examples_per_s"] = (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
+        row["skipped_files"] = skipped
+        logbook.write(step, row)
+        progress.set_postfix(loss=f"{row['loss']:.4f}", ex_s=f"{row['examples_per_s']:.0f}")
+        pending, last_time, last_step = [], now, step
+
+    def save(step: int, val_loss: float | None) -> None:
+        flush(step)
+        checkpoint.save(manager, step, trainer.to_global_form(state), data_state,
+                        dict(loop, skipped_files=skipped), val_loss)
+
+    try:
+        for step in range(start, config.num_steps):
+            if loop.get("stopped_early"):
+                break
+            batch, data_state, skipped = next(batches)
+            state, metrics = trainer.train_step(state, batch, jax.random.fold_in(step_root, step))
+            done = step + 1
+            pending.append((done, metrics))
+            progress.update(1)
+            if done % config.log_every == 0 or done == config.num_steps:
+                flush(done)
+            val_loss = None
+            if done % config.eval_every == 0 or done == config.num_steps:
+                flush(done)
+                last_eval = trainer.evaluate(state, val_records)
+                val_loss = last_eval["loss"]
+                logbook.write(done, {f"val_{k}": v for k, v in last_eval.items()})
+                if is_main:
+                    logbook.image("val/gray_pred_truth", trainer.preview(state, preview_batch), done)
+                if val_loss < loop["best_val_loss"]:
+                    loop.update(best_val_loss=val_loss, best_step=done, bad_evals=0)
+                else:
+                    loop["bad_evals"] += 1
+                    if config.patience and loop["bad_evals"] >= config.patience:
+                        loop["stopped_early"] = True
+                        log.info("early stopping at step %d: no improvement in %d evaluations",
+                                 done, loop["bad_evals"])
+            if (done % config.checkpoint_every == 0 or done == config.num_steps
+                    or loop["stopped_early"] or val_loss is not None and loop["best_step"] == done):
+                save(done, val_loss)
+        flush(config.num_steps)
+    finally:
+        progress.close()
+        manager.wait_until_finished()
+        logbook.close()
+
+    state = trainer.to_global_form(state)
+    if last_eval is None:
+        last_eval = trainer.evaluate(trainer.to_step_form(state), val_records)
+    if is_main:
+        grid = trainer.preview(trainer.to_step_form(state), preview_batch)
+        images.save_png(grid, os.path.join(workdir, "preview.png"))
+        summary = {"step": int(manager.latest_step() or 0), **last_eval,
+                   "best_step": loop["best_step"], "best_val_loss": loop["best_val_loss"],
+                   "stopped_early": bool(loop["stopped_early"])}
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(
+            f"validation ab error (mean |ab| error, LAB units) on {last_eval['count']} images: "
+            f"model {last_eval['ab_mae']:.3f} vs gray baseline (a=b=0) "
+            f"{last_eval['gray_ab_mae']:.3f}"
+        )
+    return last_eval
+
+
+def _progress(enabled: bool, start: int, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, dynamic_ncols=True,
+                desc="train", file=sys.stderr)
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file (get_config()).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, logs and images go.")
+flags.DEFINE_string("coordinator", "", "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
+flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and grain are chatty at INFO
+    parallel.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    run(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
