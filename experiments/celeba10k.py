@@ -25,6 +25,8 @@ def get_config():
     c.model.width = 1.0
     c.loss.name = "reference"
     c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = "constant"
+    c.optimizer.warmup_steps = 0
     c.batch_size = 64
     c.num_steps = 3_000
     c.eval_every = 100

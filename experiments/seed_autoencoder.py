@@ -23,6 +23,8 @@ def get_config():
     c.model.width = 1.0
     c.loss.name = "reference"
     c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = "constant"
+    c.optimizer.warmup_steps = 0
     c.batch_size = 64
     c.num_steps = 100_000  # an upper bound: early stopping ends the run
     c.eval_every = 2_000

@@ -62,8 +62,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch(global_batch: int) -> None:
-    n = jax.device_count()
+def check_batch(global_batch: int, mesh: Mesh | None = None) -> None:
+    n = jax.device_count() if mesh is None else mesh.devices.size
     if global_batch % n:
         raise ValueError(
             f"config.batch_size={global_batch} must be divisible by the number of devices "
@@ -84,12 +84,16 @@ def full_to_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
+def _local_stack_sharding() -> NamedSharding:
+    """Leading axis split over this process's devices: the layout `jax.pmap` arguments have."""
+    return NamedSharding(Mesh(np.asarray(jax.local_devices()), (PMAP_AXIS,)), P(PMAP_AXIS))
+
+
 def to_pmap(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's rows -> (local_devices, rows/device, ...) on the local devices."""
-    n = jax.local_device_count()
+    n, sharding = jax.local_device_count(), _local_stack_sharding()
     return {
-        k: jax.device_put_sharded(list(np.asarray(v).reshape(n, -1, *v.shape[1:])),
-                                  jax.local_devices())
+        k: jax.device_put(np.asarray(v).reshape(n, -1, *v.shape[1:]), sharding)
         for k, v in batch.items()
     }
 
@@ -103,17 +107,20 @@ def fetch(tree):
 
 def pmap_replicate(state):
     """Global replicated state -> one copy per local device, the form `jax.pmap` steps take."""
-    host = fetch(state)
-    devices = jax.local_devices()
+    n, sharding = jax.local_device_count(), _local_stack_sharding()
+    return jax.tree.map(lambda x: jax.device_put(np.stack([x] * n), sharding), fetch(state))
+
+
+def first_replica(tree):
+    """Per-device values from a pmap step -> NumPy, the copy on this process's first device."""
     return jax.tree.map(
-        lambda x: jax.device_put_sharded([x] * len(devices), devices), host
+        lambda x: np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:]), tree
     )
 
 
 def pmap_unreplicate(state, sharding: NamedSharding):
     """Per-device copies from a pmap step -> the global replicated state checkpoints hold."""
-    host = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state)
-    return jax.tree.map(lambda x: full_to_global(x, sharding), host)
+    return jax.tree.map(lambda x: full_to_global(x, sharding), first_replica(state))
 
 
 def prefetch(iterator: Iterator, put, size: int = 2) -> Iterator:

@@ -26,7 +26,7 @@ class TrainState(train_state.TrainState):
 
 
 def make_optimizer(opt_config, num_steps: int) -> tuple[optax.GradientTransformation, Callable]:
-    """Adam (the reference) or AdamW, with a constant, cosine or warmup-cosine learning rate."""
+    """Adam (the reference), AdamW or SGD with momentum b1, with a constant, cosine or warmup-cosine learning rate."""
     lr = opt_config.learning_rate
     warmup = opt_config.warmup_steps
     if opt_config.schedule == "constant":
@@ -45,11 +45,13 @@ def make_optimizer(opt_config, num_steps: int) -> tuple[optax.GradientTransforma
         )
     if opt_config.name == "adam":
         tx = optax.adam(schedule, b1=opt_config.b1, b2=opt_config.b2)
+    elif opt_config.name == "sgd":
+        tx = optax.sgd(schedule, momentum=opt_config.b1 or None)
     elif opt_config.name == "adamw":
         tx = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2,
                          weight_decay=opt_config.weight_decay)
     else:
-        raise ValueError(f"config.optimizer.name={opt_config.name!r}: expected 'adam' or 'adamw'")
+        raise ValueError(f"config.optimizer.name={opt_config.name!r}: expected 'adam', 'adamw' or 'sgd'")
     if opt_config.grad_clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip), tx)
     return tx, schedule

@@ -13,7 +13,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 import jax
@@ -30,6 +32,7 @@ from jaxcolor.models import build_model
 
 log = logging.getLogger("jaxcolor")
 
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: checkpointed on a stop request; rerun to resume
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 
 
@@ -40,13 +43,13 @@ class NonFiniteError(FloatingPointError):
 class Trainer:
     """What one run holds: compiled steps, shardings and how to move batches and states."""
 
-    def __init__(self, config):
+    def __init__(self, config, mesh=None):
         self.config = config
-        parallel.check_batch(config.batch_size)
+        parallel.check_batch(config.batch_size, mesh)
         self.pmap = config.parallel == "pmap"
         if config.parallel not in ("jit", "pmap"):
             raise ValueError(f"config.parallel={config.parallel!r}: expected 'jit' or 'pmap'")
-        self.mesh = parallel.make_mesh()
+        self.mesh = parallel.make_mesh() if mesh is None else mesh
         self.repl = parallel.replicated(self.mesh)
         self.data = parallel.data_sharding(self.mesh)
         self.model = build_model(
@@ -85,8 +88,7 @@ class Trainer:
 
     def fetch(self, tree):
         """Device metrics -> host floats (pmap results carry a leading device axis)."""
-        host = parallel.fetch(tree)
-        return jax.tree.map(lambda x: x[0], host) if self.pmap else host
+        return parallel.first_replica(tree) if self.pmap else parallel.fetch(tree)
 
     def evaluate(self, state, records) -> dict[str, float]:
         cfg = self.config
@@ -116,8 +118,48 @@ def _host_batches(iterator):
         yield batch, iterator.get_state(), skipped
 
 
-def run(config, workdir: str) -> dict:
-    """Trains (or resumes) in `workdir`; returns the final validation summary."""
+class StopRequest:
+    """SIGTERM/SIGINT (cluster preemption, Ctrl-C) -> finish the current step, checkpoint, stop."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+
+    def __call__(self, step: int) -> bool:
+        return self.signal is not None
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+
+def run(config, workdir: str, should_stop=None) -> dict:
+    """Trains (or resumes) in `workdir`; returns the final validation summary.
+
+    `should_stop(step) -> bool` is asked after every step (default: whether SIGTERM or SIGINT
+    arrived); when it says yes, the run checkpoints the current step, waits for the write to
+    complete and returns with `summary["interrupted"] = True`. Rerunning resumes.
+    """
+    stop_request = None
+    if should_stop is None:
+        should_stop = stop_request = StopRequest().install()
+    try:
+        return _run(config, workdir, should_stop)
+    finally:
+        if stop_request is not None:
+            stop_request.uninstall()
+
+
+def _run(config, workdir: str, should_stop) -> dict:
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     trainer = Trainer(config)
@@ -193,6 +235,7 @@ def run(config, workdir: str) -> dict:
         checkpoint.save(manager, step, trainer.to_global_form(state), data_state,
                         dict(loop, skipped_files=skipped), val_loss)
 
+    interrupted = False
     try:
         for step in range(start, config.num_steps):
             if loop.get("stopped_early"):
@@ -220,22 +263,31 @@ def run(config, workdir: str) -> dict:
                         loop["stopped_early"] = True
                         log.info("early stopping at step %d: no improvement in %d evaluations",
                                  done, loop["bad_evals"])
-            if (done % config.checkpoint_every == 0 or done == config.num_steps
+            stop = done < config.num_steps and should_stop(done)
+            if (done % config.checkpoint_every == 0 or done == config.num_steps or stop
                     or loop["stopped_early"] or val_loss is not None and loop["best_step"] == done):
                 save(done, val_loss)
-        flush(config.num_steps)
+            if stop:
+                interrupted = True
+                log.warning("stop requested: checkpointed step %d in %s; rerun to resume",
+                            done, manager.directory)
+                break
+        else:
+            flush(config.num_steps)
     finally:
         progress.close()
         manager.wait_until_finished()
         logbook.close()
 
     state = trainer.to_global_form(state)
+    if interrupted:
+        return {"interrupted": True, "step": int(manager.latest_step())}
     if last_eval is None:
         last_eval = trainer.evaluate(trainer.to_step_form(state), val_records)
     if is_main:
         grid = trainer.preview(trainer.to_step_form(state), preview_batch)
         images.save_png(grid, os.path.join(workdir, "preview.png"))
-        summary = {"step": int(manager.latest_step() or 0), **last_eval,
+        summary = {"step": int(manager.latest_step() or 0), "interrupted": False, **last_eval,
                    "best_step": loop["best_step"], "best_val_loss": loop["best_val_loss"],
                    "stopped_early": bool(loop["stopped_early"])}
         with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -270,7 +322,9 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and grain are chatty at INFO
     parallel.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-    run(FLAGS.config, FLAGS.workdir)
+    summary = run(FLAGS.config, FLAGS.workdir)
+    if summary.get("interrupted"):
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -40,20 +40,20 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-3
-    c.optimizer.schedule = "constant"  # constant | cosine
-    c.optimizer.warmup_steps = 0
+    c.optimizer.schedule = "cosine"  # constant | cosine
+    c.optimizer.warmup_steps = 20
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
     c.optimizer.weight_decay = 1e-4
     c.optimizer.grad_clip = 0.0
 
     c.batch_size = 32  # global, over all devices and processes
-    c.num_steps = 300
+    c.num_steps = 200
     c.dtype = "float32"  # compute dtype of activations; parameters stay float32
     c.parallel = "jit"  # jit | pmap
 
     c.log_every = 20
-    c.eval_every = 100
+    c.eval_every = 50
     c.checkpoint_every = 100
     c.keep = 2  # last checkpoints kept, besides the best one
     c.patience = 0  # early stopping after this many evaluations without improvement; 0 = off

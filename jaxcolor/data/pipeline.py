@@ -16,6 +16,7 @@ import math
 from typing import Any, Iterator
 
 import grain
+from absl import flags
 import numpy as np
 
 from jaxcolor.data import sources, transforms
@@ -95,6 +96,8 @@ def train_dataset(
     )
     it = ds.to_iter_dataset()
     if data_config.worker_count > 0:
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; from Python, none given
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=data_config.worker_count,

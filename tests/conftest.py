@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny configs, generated image folders, the shared CelebA photos."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxcolor.configs.default import get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CELEBA = os.path.normpath(
+    os.path.join(ROOT, "..", "shared", "data", "celeba-10k", "img_align_celeba")
+)
+
+
+def tiny_config(**overrides):
+    """A config that trains in about a second: 16x16 crops of the sample photos, width 1/8."""
+    c = get_config()
+    c.data.image_size = 16
+    c.data.sample_train_examples = 64
+    c.data.sample_eval_examples = 16
+    c.data.eval_threads = 1
+    c.model.width = 0.125
+    c.batch_size = 8
+    c.num_steps = 6
+    c.log_every = 2
+    c.eval_every = 3
+    c.checkpoint_every = 3
+    c.num_preview_images = 4
+    for key, value in overrides.items():
+        target = c
+        *path, leaf = key.split(".")
+        for part in path:
+            target = target[part]
+        target[leaf] = value
+    return c
+
+
+@pytest.fixture
+def celeba_dir():
+    if not os.path.isdir(CELEBA):
+        pytest.skip(f"shared CelebA photos not found at {CELEBA} (../shared is beside the repo)")
+    return CELEBA
+
+
+def write_images(folder, n, size=(40, 30), seed=0, ext="png"):
+    """n random color images with a smooth color field (so they compress and resize sanely)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i in range(n):
+        w, h = size
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = rng.integers(0, 256, 3)
+        img = (base + 60 * np.sin(xx[..., None] / (3 + i) + yy[..., None] / 5)).clip(0, 255)
+        path = os.path.join(folder, f"{i:06d}.{ext}")
+        Image.fromarray(img.astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    folder = tmp_path / "images"
+    write_images(str(folder), 12)
+    return str(folder)

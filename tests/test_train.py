@@ -1,0 +1,113 @@
+"""End-to-end training on tiny shapes: loss falls, resume is bitwise, stop requests checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import ROOT, tiny_config
+from jaxcolor import train
+
+
+def saved_params(workdir, step=None):
+    directory = os.path.join(workdir, "checkpoints")
+    if step is None:
+        step = max(int(d) for d in os.listdir(directory) if d.isdigit())
+    tree = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
+    return step, tree
+
+
+def assert_trees_equal(a, b):
+    import jax
+
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb) and len(la) > 0
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def metrics_rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_a_few_steps_lower_the_loss(tmp_path):
+    c = tiny_config(num_steps=40, log_every=5, eval_every=40, checkpoint_every=40)
+    c.optimizer.learning_rate = 3e-3
+    summary = train.run(c, str(tmp_path))
+    losses = [r["loss"] for r in metrics_rows(tmp_path) if "loss" in r]
+    assert len(losses) == 8
+    assert np.mean(losses[-2:]) < losses[0]
+    assert summary["count"] == 16 and summary["ab_mae"] > 0
+    for name in ("preview.png", "summary.json", "config.json"):
+        assert os.path.exists(tmp_path / name), name
+    assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_stop_and_resume_is_bitwise_identical(tmp_path):
+    c = tiny_config(num_steps=8, checkpoint_every=4, eval_every=4)
+    train.run(c, str(tmp_path / "straight"))
+    summary = train.run(c, str(tmp_path / "resumed"), should_stop=lambda step: step == 3)
+    assert summary == {"interrupted": True, "step": 3}
+    assert saved_params(tmp_path / "resumed")[0] == 3
+    train.run(c, str(tmp_path / "resumed"))
+    step_a, a = saved_params(tmp_path / "straight")
+    step_b, b = saved_params(tmp_path / "resumed")
+    assert step_a == step_b == 8
+    assert_trees_equal(a, b)
+    # the resumed log has each step once, as the straight run's
+    steps = [r["step"] for r in metrics_rows(tmp_path / "resumed") if "loss" in r]
+    assert steps == sorted(set(steps))
+
+
+def test_checkpoints_keep_last_and_best(tmp_path):
+    c = tiny_config(num_steps=12, checkpoint_every=2, eval_every=2, keep=2)
+    train.run(c, str(tmp_path))
+    kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert kept[-2:] == [10, 12]
+    rows = [r for r in metrics_rows(tmp_path) if "val_loss" in r]
+    best = min(rows, key=lambda r: r["val_loss"])["step"]
+    assert best in kept and len(kept) <= 3
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):
+    # one CPU device here: divisibility by processes is what can fail
+    from jaxcolor.data import pipeline
+
+    with pytest.raises(ValueError, match="config.batch_size=7"):
+        pipeline.per_process_batch(7, 2)
+
+
+def test_sigterm_checkpoints_and_rerun_resumes(tmp_path):
+    """A real `python -m jaxcolor.train` process, stopped by SIGTERM mid-run, then resumed."""
+    flags = ["--config.data.image_size=16", "--config.model.width=0.125", "--config.batch_size=8",
+             "--config.data.sample_train_examples=64", "--config.data.sample_eval_examples=8",
+             "--config.num_steps=400", "--config.log_every=2", "--config.eval_every=400",
+             "--config.checkpoint_every=400", "--config.num_preview_images=2"]
+    cmd = [sys.executable, "-m", "jaxcolor.train", "--workdir"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd + [str(tmp_path / "stopped")] + flags, cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metrics = tmp_path / "stopped" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == train.EXIT_INTERRUPTED, out[-2000:]
+    step, _ = saved_params(tmp_path / "stopped")
+    assert 0 < step < 400
+    done = subprocess.run(cmd + [str(tmp_path / "stopped")] + flags, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gray baseline" in done.stdout
+    straight = subprocess.run(cmd + [str(tmp_path / "straight")] + flags, cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert_trees_equal(saved_params(tmp_path / "stopped")[1], saved_params(tmp_path / "straight")[1])
