@@ -59,7 +59,7 @@ def make_optimizer(opt_config, num_steps: int) -> tuple[optax.GradientTransforma
 
 def create_state(model, tx, rng, image_size: int) -> TrainState:
     """Fresh state; meant to be traced under `jax.eval_shape` and `jax.jit`."""
-    variables = model.init(rng, jnp.zeros((1, image_size, image_size, 1), jnp.float32))
+    variables = model.init(rng, jnp.zeros((1, image_size, image_size, 1), jnp.float32), train=False)
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],

@@ -21,6 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -28,7 +29,7 @@ from ml_collections import config_flags
 from jaxcolor import checkpoint, images, losses, parallel, step as step_lib
 from jaxcolor.data import pipeline
 from jaxcolor.logbook import Logbook
-from jaxcolor.models import build_model
+from jaxcolor.models import build_model, load_pretrained_weights, param_labels_fn
 
 log = logging.getLogger("jaxcolor")
 
@@ -57,6 +58,10 @@ class Trainer:
         )
         self.loss_fn = losses.get_loss(config.loss.name)
         self.tx, self.schedule = step_lib.make_optimizer(config.optimizer, config.num_steps)
+        labels = param_labels_fn(config.model)
+        if labels is not None:  # frozen layers get exactly zero updates: they stay bitwise as loaded
+            self.tx = optax.multi_transform({"train": self.tx, "freeze": optax.set_to_zero()},
+                                            labels)
         self.init_fn = functools.partial(
             step_lib.create_state, self.model, self.tx, image_size=config.data.image_size
         )
@@ -66,9 +71,16 @@ class Trainer:
             self.train_step, self.eval_step = step_lib.compile_jit(self.loss_fn, self.repl, self.data)
 
     def init_state(self, rng):
-        """Global, replicated state: shapes first (no allocation), then a compiled init."""
+        """Global, replicated state: shapes first (no allocation), then a compiled init, then the
+        configured pretrained weights (same values on every process)."""
         abstract = jax.eval_shape(self.init_fn, rng)
         state = jax.jit(self.init_fn, out_shardings=self.repl)(rng)
+        host = parallel.fetch({"params": state.params, "batch_stats": state.batch_stats})
+        loaded = load_pretrained_weights(self.config.model, host)
+        if loaded is not host:
+            state = state.replace(**{k: jax.tree.map(
+                lambda x: parallel.full_to_global(np.asarray(x), self.repl), loaded[k])
+                for k in ("params", "batch_stats")})
         return state, self.with_sharding(abstract)
 
     def with_sharding(self, abstract):

@@ -310,7 +310,7 @@ def test_parameter_counts():
         jax.ShapeDtypeStruct((1, 128, 128, 1), jnp.float32),
     )
     assert count(seed) == 514_338
-    assert seed["params"]["fuse1"]["Conv_0"]["kernel"].shape == (3, 3, 64 + 3, 64)
+    assert seed["params"]["fuse1"]["conv"]["kernel"].shape == (3, 3, 64 + 3, 64)
 
 
 def test_truncated_encoder_creates_only_used_layers():

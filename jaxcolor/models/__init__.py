@@ -1,12 +1,24 @@
-"""Models by name: `build_model(config.model, dtype=..., bn_axis_name=...)`."""
+"""Models by name: `build_model(config.model, dtype=..., bn_axis_name=...)`.
+
+- `autoencoder`: the reference work's skip autoencoder (`width` scales its channels).
+- `resnet50_seed`: the reference's transfer model, ResNet50 up to conv2_block1_out + its decoder.
+- `resnet50_unet`: a U-Net decoder over ResNet50 taps down to 1/16 resolution.
+The ResNet50 colorizers take `weights` (Keras ImageNet .h5 or a `jaxcolor.port` directory; 'none'
+for random initialisation), `freeze` and `input_mode` from the model config.
+"""
 
 from __future__ import annotations
+
+import logging
 
 import jax.numpy as jnp
 
 from jaxcolor.models.autoencoder import SkipAutoencoder
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+MODEL_NAMES = ("autoencoder", "resnet50_seed", "resnet50_unet")
 
 
 def compute_dtype(name: str):
@@ -27,4 +39,40 @@ def build_model(model_config, dtype: str = "float32", bn_axis_name: str | None =
             bn_axis_name=bn_axis_name,
             output_channels=output_channels,
         )
-    raise ValueError(f"config.model.name={name!r}: expected one of ['autoencoder']")
+    if name in ("resnet50_seed", "resnet50_unet"):
+        from jaxcolor.models import colorizers
+
+        cls = colorizers.ResNet50Seed if name == "resnet50_seed" else colorizers.ResNet50UNet
+        return cls(
+            dtype=compute_dtype(dtype),
+            bn_axis_name=bn_axis_name,
+            freeze=model_config.freeze,
+            input_mode=model_config.input_mode,
+            output_channels=output_channels,
+        )
+    raise ValueError(f"config.model.name={name!r}: expected one of {list(MODEL_NAMES)}")
+
+
+def param_labels_fn(model_config):
+    """For optax.multi_transform: params -> 'train'/'freeze' labels, or None if nothing is frozen."""
+    freeze = model_config.get("freeze", "none")
+    if model_config.name == "autoencoder" or freeze in ("", "none"):
+        return None
+    from jaxcolor.models import colorizers
+
+    colorizers.parse_freeze(freeze)  # fail early on a bad spec
+    return lambda params: colorizers.param_labels(params, freeze)
+
+
+def load_pretrained_weights(model_config, variables: dict) -> dict:
+    """Puts the configured encoder weights into freshly initialised `variables` (host arrays)."""
+    weights = str(model_config.get("weights", "none") or "none")
+    if model_config.name == "autoencoder":
+        return variables
+    if weights.lower() == "none":
+        log.warning("config.model.weights=none: the %s encoder starts from random weights, not "
+                    "ImageNet", model_config.name)
+        return variables
+    from jaxcolor.models import colorizers
+
+    return colorizers.load_encoder_weights(variables, weights)

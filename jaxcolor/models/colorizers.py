@@ -1,8 +1,8 @@
 """Colorizers on a pretrained Keras ResNet50 encoder.
 
 Input (B, H, W, 1) = L / 100 in [0, 1]; output (B, H, W, 2) = predicted ab / 128 through tanh.
-The decoder follows the project's skip autoencoder: 3x3 'SAME' conv with bias, BatchNorm
-(momentum 0.99, epsilon 1e-3, Keras' defaults), LeakyReLU(0.3), nearest-neighbour x2 upsampling.
+The decoder reuses the skip autoencoder's unit (3x3 conv, Keras BatchNorm, LeakyReLU 0.3) and its
+nearest-neighbour x2 upsampling.
 
 The encoder sees an RGB image although the model only has L: by default the neutral-gray sRGB
 image L stands for (a = b = 0), preprocessed as the ImageNet weights expect, so the pretrained
@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcolor.color import gray_rgb_from_l
+from jaxcolor.models.autoencoder import ConvBlock, upsample2x
 from jaxcolor.models.keras_weights import load_pretrained
 from jaxcolor.models.resnet import STAGE_NAMES, ResNet50, preprocess_caffe, stage_of
 
@@ -81,34 +82,6 @@ def encoder_input(l_norm, input_mode: str):
     raise ValueError(f"input_mode={input_mode!r}; expected one of {INPUT_MODES}")
 
 
-def upsample2(x):
-    """Nearest-neighbour x2, as Keras' UpSampling2D."""
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
-class ConvBNAct(nn.Module):
-    """3x3 'SAME' conv with bias, BatchNorm, LeakyReLU(0.3): the skip autoencoder's unit."""
-
-    features: int
-    dtype: Any = jnp.float32
-    bn_axis_name: str | None = None
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        x = nn.Conv(
-            self.features, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=jnp.float32
-        )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=0.99,
-            epsilon=1e-3,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            axis_name=self.bn_axis_name,
-        )(x)
-        return nn.leaky_relu(x, negative_slope=0.3)
-
-
 class _ResNetColorizer(nn.Module):
     """Shared attributes and plumbing of the two colorizers."""
 
@@ -116,6 +89,7 @@ class _ResNetColorizer(nn.Module):
     bn_axis_name: str | None = None
     freeze: str = "none"
     input_mode: str = "gray_rgb"
+    output_channels: int = 2  # 2 = tanh ab; more = per-pixel logits for a classification loss
 
     def _encode(self, x, taps: tuple[str, ...], train: bool):
         inputs = encoder_input(jnp.asarray(x, jnp.float32), self.input_mode)
@@ -130,13 +104,12 @@ class _ResNetColorizer(nn.Module):
         return inputs.astype(self.dtype), encoder(inputs, train=train)
 
     def _unit(self, features, name):
-        return ConvBNAct(features, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name=name)
+        return ConvBlock(features, True, self.dtype, self.bn_axis_name, name=name)
 
     def _head(self, x):
-        x = nn.Conv(
-            2, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=jnp.float32, name="output_conv"
-        )(x)
-        return jnp.tanh(x).astype(jnp.float32)
+        x = nn.Conv(self.output_channels, (3, 3), padding="SAME", dtype=self.dtype,
+                    name="output_conv")(x).astype(jnp.float32)
+        return jnp.tanh(x) if self.output_channels == 2 else x
 
 
 class ResNet50Seed(_ResNetColorizer):
@@ -150,9 +123,9 @@ class ResNet50Seed(_ResNetColorizer):
     @nn.compact
     def __call__(self, x, train: bool):
         inputs, features = self._encode(x, ("conv2_block1_out",), train)
-        y = upsample2(features["conv2_block1_out"])
+        y = upsample2x(features["conv2_block1_out"])
         y = self._unit(128, "up1")(y, train)
-        y = upsample2(y)
+        y = upsample2x(y)
         y = self._unit(64, "up2")(y, train)
         y = jnp.concatenate([y, inputs], axis=-1)
         y = self._unit(64, "fuse1")(y, train)
@@ -184,7 +157,7 @@ class ResNet50UNet(_ResNetColorizer):
         y = features[self.deepest]
         skips = [features[t] for t in self.skip_taps] + [inputs]
         for stage, (skip, features_out) in enumerate(zip(skips, self.widths, strict=True), start=1):
-            y = jnp.concatenate([upsample2(y), skip], axis=-1)
+            y = jnp.concatenate([upsample2x(y), skip], axis=-1)
             y = self._unit(features_out, f"dec{stage}_a")(y, train)
             y = self._unit(features_out, f"dec{stage}_b")(y, train)
         return self._head(y)
