@@ -96,3 +96,20 @@ def restore_state(manager, step: int, abstract_state):
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
     )
     return restored["state"]
+
+
+def read_state_arrays(state_dir: str):
+    """A saved train state as a tree of NumPy arrays, whatever devices wrote it.
+
+    For inspection, tests and tools that do not rebuild the model: the arrays are restored onto
+    this process's first device (so a checkpoint from 8 devices or 2 hosts reads anywhere).
+    """
+    import jax
+    import numpy as np
+
+    checkpointer = ocp.StandardCheckpointer()
+    metadata = checkpointer.metadata(state_dir)
+    tree = getattr(metadata, "item_metadata", metadata)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+    return jax.tree.map(np.asarray, checkpointer.restore(state_dir, target))

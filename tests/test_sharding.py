@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
     def run(devices, optimizer, mode="jit"):
         config = tiny_config(**{"batch_size": 16, "parallel": mode, "optimizer.name": optimizer})
         trainer = train.Trainer(config, Mesh(np.asarray(devices), (parallel.DATA_AXIS,)))
-        state, _ = trainer.init_state(jax.random.key(0))
+        state, _ = trainer.init_state(jax.random.key(0, impl="rbg"))
         state = trainer.to_step_form(state)
         losses = []
         for i, b in enumerate(batches):

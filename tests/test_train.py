@@ -8,19 +8,17 @@ import sys
 import time
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from conftest import ROOT, tiny_config
-from jaxcolor import train
+from jaxcolor import checkpoint, train
 
 
 def saved_params(workdir, step=None):
     directory = os.path.join(workdir, "checkpoints")
     if step is None:
         step = max(int(d) for d in os.listdir(directory) if d.isdigit())
-    tree = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
-    return step, tree
+    return step, checkpoint.read_state_arrays(os.path.join(directory, str(step), "state"))
 
 
 def assert_trees_equal(a, b):
@@ -48,6 +46,20 @@ def test_a_few_steps_lower_the_loss(tmp_path):
     for name in ("preview.png", "summary.json", "config.json"):
         assert os.path.exists(tmp_path / name), name
     assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_bfloat16_trains_with_float32_parameters(tmp_path):
+    c = tiny_config(num_steps=30, log_every=5, eval_every=30, checkpoint_every=30, dtype="bfloat16")
+    c.optimizer.learning_rate = 3e-3
+    train.run(c, str(tmp_path))
+    losses = [r["loss"] for r in metrics_rows(tmp_path) if "loss" in r]
+    assert np.isfinite(losses).all() and np.mean(losses[-2:]) < losses[0]
+    _, state = saved_params(tmp_path)
+    import jax
+
+    leaves = jax.tree.leaves((state["params"], state["batch_stats"], state["opt_state"]))
+    floats = {leaf.dtype for leaf in leaves if np.issubdtype(leaf.dtype, np.floating)}
+    assert floats == {np.dtype("float32")}, floats  # (Adam's step count is an int32)
 
 
 def test_stop_and_resume_is_bitwise_identical(tmp_path):

@@ -1,8 +1,11 @@
-"""grain pipelines: records -> this host's shard -> shuffled, augmented, LAB batches.
+"""grain pipelines: records -> shuffled, augmented LAB examples -> this host's share of each batch.
 
-Training: source -> shard (this process of all) -> shuffle(seed) -> repeat -> random_map(load +
-augment + LAB) -> worker processes -> skip undecodable files (counted) -> batch.
-The iterator is a grain DatasetIterator, so its position is saved with the train state.
+Training: source -> shuffle(seed) -> repeat -> random_map(load + augment + LAB) -> this process's
+block of every global batch -> worker processes -> skip undecodable files (counted) -> batch.
+The global order (and each example's augmentation, seeded by its global index) is the same on
+every process, and process i of P takes rows [i*B/P, (i+1)*B/P) of every global batch of B: so a
+global batch is the same whatever the number of processes, and each process decodes only its own
+rows. The iterator is a grain DatasetIterator, so its position is saved with the train state.
 
 Evaluation: the split's records for this process, no augmentation, in order, padded so that every
 process yields the same number of batches (collectives need all hosts to take part), with a
@@ -56,6 +59,32 @@ class _SkipBadIterator(grain.DatasetIterator):
         self._skipped = int(state["skipped"])
 
 
+class _ProcessBlocks(grain.MapDataset):
+    """Element j of process i is element (j // b) * B + i * b + j % b of the global order
+    (B the global batch, b = B / P the per-process share)."""
+
+    def __init__(self, parent, global_batch: int, process_index: int, process_count: int):
+        super().__init__(parent)
+        self._global = global_batch
+        self._share = per_process_batch(global_batch, process_count)
+        self._offset = process_index * self._share
+
+    def __len__(self):
+        return len(self._parent)
+
+    def _global_index(self, index: int) -> int:
+        block, row = divmod(index, self._share)
+        return block * self._global + self._offset + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._global_index(index)]
+
+    def __str__(self) -> str:
+        return f"ProcessBlocks(global_batch={self._global}, offset={self._offset})"
+
+
 class _SkipBadDataset(grain.IterDataset):
     def __iter__(self):
         return _SkipBadIterator(self._parent.__iter__())
@@ -71,29 +100,28 @@ def per_process_batch(global_batch: int, process_count: int) -> int:
 
 
 def shard_records(records: list, process_index: int, process_count: int) -> list:
-    """This process's disjoint share; together the shares cover the split exactly."""
+    """This process's disjoint share of an evaluation split; together they cover it exactly."""
     return records[process_index::process_count]
 
 
 def train_dataset(
     data_config,
-    batch_size: int,
+    global_batch: int,
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.IterDataset:
-    """Infinite, shuffled, augmented batches of `batch_size` (this process's share)."""
+    """Infinite, shuffled, augmented batches: this process's rows of each global batch."""
+    share = per_process_batch(global_batch, process_count)
     records = sources.records_for(data_config, data_config.train_split)
-    mine = shard_records(records, process_index, process_count)
-    if not mine:
-        raise ValueError(
-            f"split {data_config.train_split!r} has {len(records)} records: too few for "
-            f"{process_count} processes"
-        )
-    ds = grain.MapDataset.source(mine).shuffle(seed=seed).repeat(None)
+    if not records:
+        raise ValueError(f"split {data_config.train_split!r} of {data_config.source!r} is empty")
+    ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(None)
     ds = ds.random_map(
         lambda r, rng: transforms.load_example(r, rng, data_config, train=True), seed=seed
     )
+    if process_count > 1:
+        ds = _ProcessBlocks(ds, global_batch, process_index, process_count)
     it = ds.to_iter_dataset()
     if data_config.worker_count > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; from Python, none given
@@ -104,7 +132,7 @@ def train_dataset(
                 per_worker_buffer_size=data_config.worker_buffer_size,
             )
         )
-    return _SkipBadDataset(it).batch(batch_size, drop_remainder=True)
+    return _SkipBadDataset(it).batch(share, drop_remainder=True)
 
 
 def eval_records(data_config, split: str) -> list[dict[str, Any]]:

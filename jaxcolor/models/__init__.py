@@ -17,7 +17,9 @@ from jaxcolor.models.autoencoder import SkipAutoencoder
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Compute dtypes of activations; parameters, BatchNorm statistics, optimizer state and the loss
+# stay float32. float16 is not offered: it needs loss scaling, bfloat16 does not.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MODEL_NAMES = ("autoencoder", "resnet50_seed", "resnet50_unet")
 
 
