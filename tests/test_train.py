@@ -123,3 +123,15 @@ def test_sigterm_checkpoints_and_rerun_resumes(tmp_path):
                               capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr[-2000:]
     assert_trees_equal(saved_params(tmp_path / "stopped")[1], saved_params(tmp_path / "straight")[1])
+
+
+def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path):
+    c = tiny_config(num_steps=12, log_every=1, eval_every=100, checkpoint_every=2)
+    c.optimizer.name = "sgd"
+    c.optimizer.schedule = "constant"
+    c.optimizer.warmup_steps = 0
+    good = train.run(c, str(tmp_path), should_stop=lambda step: step == 2)
+    assert good["interrupted"]
+    c.optimizer.learning_rate = 1e38  # the first update overflows the parameters
+    with pytest.raises(train.NonFiniteError, match=r"at step (3|4); last good checkpoint: 2"):
+        train.run(c, str(tmp_path))
