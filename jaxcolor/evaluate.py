@@ -1,0 +1,183 @@
+"""`python -m jaxcolor.evaluate --workdir RUN [--split validation|test] [--step N] [--data.KEY=VALUE]`
+
+Scores a trained run on a split: PSNR, SSIM, ab errors, AuC (plain and, with `--ab_prior`,
+class-rebalanced) and colorfulness (see `jaxcolor.metrics`), for the model and for the gray
+baseline (a = b = 0) in the same pass, at the model's resolution. The batches go through the same
+padded `pipeline.eval_batches` and the same device mesh as training's evaluation; the metric sums
+stay on the devices until the end. Writes `RUN/eval_<split>_<step>.json` and prints a table.
+`evaluate(workdir, ...)` is the same as a Python function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from jaxcolor import color, metrics, parallel, runs
+from jaxcolor.data import pipeline
+
+SPLITS = ("validation", "test", "train")
+COLUMNS = (  # (key, header, format)
+    ("psnr", "PSNR dB", "{:.2f}"),
+    ("ssim", "SSIM", "{:.4f}"),
+    ("ab_mae", "ab MAE", "{:.2f}"),
+    ("ab_rmse", "ab RMSE", "{:.2f}"),
+    ("auc", "AuC", "{:.4f}"),
+    ("auc_rebalanced", "AuC rebal.", "{:.4f}"),
+    ("colorfulness", "CF", "{:.2f}"),
+    ("colorfulness_ratio", "CF ratio", "{:.3f}"),
+    ("colorfulness_delta", "dCF", "{:.2f}"),
+)
+
+
+def split_spec(config, split: str) -> str:
+    """'validation' / 'test' / 'train' -> the split the run's config names for it; any other
+    string is taken as a split spec itself (e.g. '[:100]')."""
+    fields = {"validation": "val_split", "test": "test_split", "train": "train_split"}
+    return config.data[fields[split]] if split in fields else split
+
+
+def eval_step(apply, variables, batch, prior=None):
+    """Model and gray-baseline metric sums of one batch (L/100, ab/128 -> LAB units).
+    `apply(variables, L/100) -> ab/128` is the model's inference-mode forward pass."""
+    pred = apply(variables, batch["L"])
+    l = batch["L"] * color.L_SCALE
+    ab_true = batch["ab"] * color.AB_SCALE
+    return {
+        "model": metrics.batch_sums(l, ab_true, pred * color.AB_SCALE, batch["weight"], prior),
+        "gray": metrics.batch_sums(l, ab_true, jnp.zeros_like(ab_true), batch["weight"], prior),
+    }
+
+
+def evaluate(workdir: str, split: str = "validation", step: int | None = None, overrides=(),
+             ab_prior: str | None = None, write: bool = True, mesh=None) -> dict:
+    """Evaluates the best (or given) checkpoint of `workdir` on `split`; returns the record
+    written to `RUN/eval_<split>_<step>.json`: {'model': {...}, 'gray': {...}, ...}."""
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    run = runs.load_run(workdir, step, overrides, sharding=repl)
+    config = run.config
+    parallel.check_batch(config.batch_size, mesh)
+    prior = metrics.load_ab_prior(ab_prior) if ab_prior else None
+    spec = split_spec(config, split)
+
+    compiled = jax.jit(functools.partial(eval_step, run.apply, prior=prior),
+                       in_shardings=(repl, data), out_shardings=repl)
+    share = pipeline.per_process_batch(config.batch_size, jax.process_count())
+    records = _records(config, spec, workdir)
+    sums = None
+    for batch in pipeline.eval_batches(config.data, spec, share, jax.process_index(),
+                                       jax.process_count(), records):
+        sums = metrics.add(sums, compiled(run.variables, parallel.to_global(batch, data)))
+    host = parallel.fetch(sums)
+    result = {
+        "workdir": os.path.abspath(workdir),
+        "split": split,
+        "split_spec": spec,
+        "step": run.step,
+        "image_size": int(config.data.image_size),
+        "crop": int(config.data.crop),
+        "data_path": config.data.path if config.data.source == "folder" else "sample",
+        "rgb_data_range": metrics.DATA_RANGE,
+        "ab_prior": os.path.abspath(ab_prior) if ab_prior else None,
+        "model": metrics.summarize(host["model"]),
+        "gray": metrics.summarize(host["gray"]),
+    }
+    result["count"] = result["model"]["count"]
+    if write and jax.process_index() == 0:
+        with open(result_path(workdir, split, run.step), "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+def _records(config, spec: str, workdir: str):
+    """The split's records, with a hint when a relative data path no longer resolves (config
+    paths are relative to where training was started)."""
+    try:
+        return pipeline.eval_records(config.data, spec)
+    except FileNotFoundError as exc:
+        path = config.data.path
+        if path and not os.path.isabs(path):
+            raise FileNotFoundError(
+                f"{exc}; {os.path.join(workdir, 'config.json')} records a relative data path, "
+                f"resolved from the current directory {os.getcwd()}: run from where training "
+                "ran or pass --data.path=DIR") from None
+        raise
+
+
+def result_path(workdir: str, split: str, step: int) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("_") or "split"
+    return os.path.join(workdir, f"eval_{safe}_{step}.json")
+
+
+def format_table(result: dict) -> str:
+    """Rows model / gray, one column per metric, then what the numbers were measured on."""
+    cols = [c for c in COLUMNS if c[0] in result["model"]]
+    rows = [("", *[h for _, h, _ in cols])]
+    for name in ("model", "gray"):
+        rows.append((name, *[f.format(result[name][k]) for k, _, f in cols]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in
+                       enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    size = result["image_size"]
+    lines.append(
+        f"{result['count']} images of split {result['split']} ({result['split_spec']}) at "
+        f"{size}x{size} (model resolution), step {result['step']}. RGB metrics on sRGB in [0, 1] "
+        f"(data range {result['rgb_data_range']}), true L + predicted ab; ab errors in LAB units; "
+        f"AuC over ab thresholds 0..{metrics.AUC_MAX_THRESHOLD:.0f}; CF = colorfulness (0..255 "
+        f"RGB; ground truth {result['model']['colorfulness_true']:.2f}); gray = a=b=0 baseline."
+    )
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxcolor.evaluate",
+        description="Evaluate a trained run: model vs gray baseline on a split.",
+        epilog="Any --data.KEY=VALUE overrides that field of the run's config, e.g. "
+               "--data.path=DIR or --data.eval_examples=0 (the whole split).")
+    parser.add_argument("--workdir", required=True, help="the training run's directory")
+    parser.add_argument("--split", default="validation",
+                        help="validation | test | train (the run's splits) or a split spec "
+                             "such as '[:100]'")
+    parser.add_argument("--step", type=int, default=None,
+                        help="checkpoint step (default: the best by validation loss)")
+    parser.add_argument("--ab_prior", default=None,
+                        help=".npz with ab_centers (Q,2) and probs (Q,): adds the "
+                             "class-rebalanced AuC")
+    args, rest = parser.parse_known_args(argv)
+    bad = [r for r in rest if not r.startswith("--data.")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (only --data.KEY=VALUE overrides "
+                     "are accepted besides the options above)")
+    return args, rest
+
+
+def main(argv=None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        result = evaluate(args.workdir, args.split, args.step, overrides, args.ab_prior)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if jax.process_index() == 0:
+        print(format_table(result))
+        print(f"wrote {result_path(args.workdir, args.split, result['step'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Loading a trained run back: its config, its model and the weights of one checkpoint.
+
+`jaxcolor.evaluate`, `jaxcolor.colorize` and `jaxcolor.plot` all start here, so they agree on
+which checkpoint a run stands for: the best one by validation loss (the `best_step` the training
+loop recorded in the `loop` item of its latest checkpoint), else the latest, unless a step is
+asked for. A training workdir holds `config.json` and `checkpoints/<step>/{state,data,loop}`
+(see `jaxcolor.train`).
+
+`Colorizer` is the small, self-contained inference object the commands and the Python API
+(`jaxcolor.colorize_array`) take.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxcolor import parallel
+from jaxcolor.configs.default import get_config as default_config
+from jaxcolor.models import build_model
+
+
+class RunError(FileNotFoundError):
+    """A workdir, config or checkpoint that is missing or not what a trained run leaves."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """`WORKDIR/config.json` as a ConfigDict, with the defaults filling any field the run's
+    version of the code did not have yet (so older runs still load)."""
+    if not os.path.isdir(workdir):
+        raise RunError(f"{workdir}: no such run directory (expected a training workdir made by "
+                       "`python -m jaxcolor.train --workdir ...`)")
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise RunError(f"{path}: missing; {workdir!r} does not look like a training workdir "
+                       "(train writes config.json there when it starts)")
+    with open(path) as f:
+        try:
+            saved = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return ml_collections.ConfigDict(_merge(default_config().to_dict(), saved))
+
+
+def _merge(defaults: dict, saved: dict) -> dict:
+    out = dict(defaults)
+    for key, value in saved.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str] | Mapping[str, Any],
+                    allowed: Sequence[str] = ("data",)) -> ml_collections.ConfigDict:
+    """A copy of `config` with `KEY=VALUE` strings (or a {key: value} mapping) applied.
+
+    Only keys under the `allowed` sections may change: the model and optimizer fields describe
+    the checkpoint and must stay as trained. String values are converted to the type of the field
+    they replace (int, float, bool or str).
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    items = overrides.items() if isinstance(overrides, Mapping) else map(_split_override, overrides)
+    for key, value in items:
+        section = key.split(".", 1)[0]
+        if section not in allowed:
+            raise ValueError(f"--{key}: only {', '.join(f'--{a}.*' for a in allowed)} can be "
+                             "overridden (the rest describes the trained checkpoint)")
+        *path, leaf = key.split(".")
+        target = config
+        for part in path:
+            if part not in target or not isinstance(target[part], ml_collections.ConfigDict):
+                raise ValueError(f"--{key}: {part!r} is not a config section")
+            target = target[part]
+        if leaf not in target:
+            raise ValueError(f"--{key}: unknown field; {'.'.join(path)} has {sorted(target.keys())}")
+        target[leaf] = _convert(key, value, target[leaf])
+    return config
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.removeprefix("--").partition("=")
+    if not sep or not key:
+        raise ValueError(f"{text!r}: expected --section.field=value, e.g. --data.path=DIR")
+    return key, value
+
+
+def _convert(key: str, value: Any, current: Any) -> Any:
+    if not isinstance(value, str) or isinstance(current, str) or current is None:
+        return value
+    try:
+        if isinstance(current, bool):
+            if value.lower() in ("true", "1", "yes"):
+                return True
+            if value.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(value)
+        return type(current)(value)
+    except ValueError:
+        raise ValueError(f"--{key}={value}: expected a {type(current).__name__}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _manager(workdir: str) -> ocp.CheckpointManager:
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if not os.path.isdir(directory):
+        raise RunError(f"{directory}: no checkpoints directory; has the run in {workdir!r} "
+                       "saved a checkpoint yet?")
+    options = ocp.CheckpointManagerOptions(create=False)  # only reads: nothing is saved
+    manager = ocp.CheckpointManager(directory, item_names=("state", "data", "loop"),
+                                    options=options)
+    if not manager.all_steps():
+        raise RunError(f"{directory}: no complete checkpoint (expected step folders such as "
+                       "'100/' holding state/, data/ and loop/)")
+    return manager
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The complete checkpoints of a run, ascending."""
+    manager = _manager(workdir)
+    try:
+        return sorted(manager.all_steps())
+    finally:
+        manager.close()
+
+
+def select_step(workdir: str, step: int | None = None) -> int:
+    """`step` if given (and present); else the best step by validation loss, else the latest."""
+    manager = _manager(workdir)
+    try:
+        steps = sorted(manager.all_steps())
+        if step is not None:
+            if step not in steps:
+                raise RunError(f"{manager.directory}: no checkpoint for step {step}; "
+                               f"available: {steps}")
+            return step
+        latest = steps[-1]
+        loop = manager.restore(latest, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
+        best = int((loop["loop"] or {}).get("best_step", -1))
+        return best if best in steps else latest
+    finally:
+        manager.close()
+
+
+def restore_variables(workdir: str, config, step: int, sharding=None) -> dict:
+    """The model variables {'params', 'batch_stats'} saved at `step`, placed with `sharding`
+    (default: replicated over every device of this host's mesh).
+
+    Only these two parts of the saved TrainState are read: the optimizer state is not needed to
+    evaluate or colorize, and its structure depends on optimizer options (freezing, clipping)
+    that inference should not have to rebuild.
+    """
+    manager = _manager(workdir)
+    sharding = sharding or parallel.replicated(parallel.make_mesh())
+    model = build_model(config.model, config.dtype)
+    size = config.data.image_size
+    shapes = jax.eval_shape(
+        lambda rng: model.init(rng, jnp.zeros((1, size, size, 1), jnp.float32), train=False),
+        jax.random.key(0))
+    target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), target)
+    _check_stored_shapes(workdir, os.path.join(manager.directory, str(step), "state"), target)
+    args = ocp.args.PyTreeRestore(
+        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True)
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{manager.directory}/{step}/state: does not hold the model that "
+                       f"{os.path.join(workdir, 'config.json')} describes ({exc})") from None
+    finally:
+        manager.close()
+    return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+
+
+def _check_stored_shapes(workdir: str, state_dir, expected: dict) -> None:
+    """Compares the checkpoint's array shapes (its metadata, nothing loaded) with the model the
+    config describes, so that a mismatch is one clear error rather than a failed array read."""
+    from etils import epath
+
+    stored = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
+    stored = getattr(stored, "tree", stored)
+    flat = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape)  # noqa: E731
+                         for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    have = flat({k: stored.get(k, {}) for k in expected})
+    want = flat(expected)
+    problems = [f"{k}: checkpoint {have.get(k, 'missing')}, model {v}"
+                for k, v in want.items() if have.get(k) != v]
+    problems += [f"{k}: in the checkpoint only" for k in have if k not in want]
+    if problems:
+        raise RunError(f"{state_dir}: does not hold the model that "
+                       f"{os.path.join(workdir, 'config.json')} describes: "
+                       + "; ".join(problems[:4]) + (" ..." if len(problems) > 4 else ""))
+
+
+class Run(NamedTuple):
+    """A restored run: workdir, config (overrides applied), checkpoint step, the Flax module and
+    its variables ({'params', 'batch_stats'})."""
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    step: int
+    model: Any
+    variables: dict
+
+    def apply(self, variables, l_input):
+        """Inference-mode forward pass: (B, S, S, 1) L/100 -> (B, S, S, 2) ab/128 float32."""
+        return self.model.apply(variables, l_input, train=False).astype(jnp.float32)
+
+
+def load_run(workdir: str, step: int | None = None, overrides=(), sharding=None) -> Run:
+    """Config + the best (or given) checkpoint's variables, ready for evaluation."""
+    config = apply_overrides(read_config(workdir), overrides)
+    chosen = select_step(workdir, step)
+    variables = restore_variables(workdir, config, chosen, sharding)
+    return Run(workdir, config, chosen, build_model(config.model, config.dtype), variables)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference object
+
+
+class Colorizer(NamedTuple):
+    """What inference needs, and nothing of training.
+
+    predict: jit-compiled `(variables, l) -> ab`, with `l` (B, S, S, 1) = L / 100 in [0, 1] and
+        the result (B, S, S, 2) = predicted ab / 128, float32.
+    variables: the Flax variables, {'params': ..., 'batch_stats': ...}.
+    image_size: S, the square side the model was trained at; inputs are resized to it.
+    step, workdir: where the weights came from (None for a model built in Python).
+
+    Make one from a run with `load_colorizer(workdir)`, or from any Flax module taking
+    (B, S, S, 1) L/100 and `train=False` with `Colorizer.from_module(module, variables, S)`.
+    """
+
+    predict: Callable
+    variables: Any
+    image_size: int
+    step: int | None = None
+    workdir: str | None = None
+
+    @classmethod
+    def from_module(cls, module, variables, image_size: int, **info) -> "Colorizer":
+        def predict(variables, l_input):
+            return module.apply(variables, l_input, train=False).astype(jnp.float32)
+
+        return cls(jax.jit(predict), variables, int(image_size), **info)
+
+    def predict_ab(self, l_input: np.ndarray) -> np.ndarray:
+        """(B, S, S, 1) L/100 -> (B, S, S, 2) ab/128 as NumPy."""
+        return np.asarray(self.predict(self.variables, l_input))
+
+
+def load_colorizer(workdir: str, step: int | None = None) -> Colorizer:
+    """The best (or given) checkpoint of a run as a Colorizer on this host's first device."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    run = load_run(workdir, step, sharding=device)
+    return Colorizer.from_module(run.model, run.variables, run.config.data.image_size,
+                                 step=run.step, workdir=workdir)

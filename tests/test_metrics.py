@@ -1,0 +1,194 @@
+"""Each metric against an independent reference: scikit-image for LAB -> RGB, PSNR and SSIM,
+NumPy for colorfulness and ab errors, closed-form cases for AuC."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import skimage.color
+import skimage.metrics
+
+from jaxcolor import metrics
+
+
+def smooth_rgb(rng, b, h, w):
+    """Random smooth color images in [0, 1] with some texture, like photographs."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    out = []
+    for _ in range(b):
+        base = rng.random(3)
+        freq = rng.uniform(2, 8, size=(3, 2))
+        img = base + 0.3 * np.sin(freq[:, 0] * 6 * xx[..., None] + freq[:, 1] * 4 * yy[..., None])
+        out.append(np.clip(img + 0.05 * rng.standard_normal((h, w, 3)), 0, 1))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def lab_batch():
+    """(L, ab_true, ab_pred) in LAB units: 3 real examples plus one padding row of noise."""
+    rng = np.random.default_rng(0)
+    rgb = smooth_rgb(rng, 4, 16, 20)
+    lab = skimage.color.rgb2lab(rgb)
+    ab_pred = lab[..., 1:] * rng.uniform(0.2, 0.9, size=(4, 1, 1, 1)) + rng.normal(0, 6, (4, 16, 20, 2))
+    ab_pred[3] = rng.normal(0, 60, (16, 20, 2))  # the padding row: must not count
+    weight = np.array([1, 1, 1, 0], np.float32)
+    return lab[..., :1], lab[..., 1:], ab_pred, weight
+
+
+def reference_rgb(l, ab):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skimage warns when it clips negative Z values
+        return np.clip(skimage.color.lab2rgb(np.concatenate([l, ab], axis=-1)), 0, 1)
+
+
+def summary(lab_batch, prior=None):
+    l, ab_true, ab_pred, weight = (np.asarray(x, np.float32) for x in lab_batch)
+    return metrics.summarize(metrics.batch_sums_jit(l, ab_true, ab_pred, weight, prior))
+
+
+def test_psnr_and_ssim_match_scikit_image(lab_batch):
+    l, ab_true, ab_pred, _ = lab_batch
+    got = summary(lab_batch)
+    psnrs, ssims = [], []
+    for i in range(3):
+        truth, pred = reference_rgb(l[i], ab_true[i]), reference_rgb(l[i], ab_pred[i])
+        psnrs.append(skimage.metrics.peak_signal_noise_ratio(truth, pred, data_range=1.0))
+        ssims.append(skimage.metrics.structural_similarity(truth, pred, channel_axis=-1,
+                                                           data_range=1.0))
+    assert got["count"] == 3
+    assert got["psnr"] == pytest.approx(np.mean(psnrs), abs=1e-3)
+    assert got["ssim"] == pytest.approx(np.mean(ssims), abs=1e-5)  # population covariance: 5e-5 off
+    assert 0.2 < got["ssim"] < 0.99  # a case where the window statistics matter
+
+
+def test_ssim_per_image_matches_scikit_image_on_random_pairs():
+    rng = np.random.default_rng(1)
+    x = smooth_rgb(rng, 3, 12, 9)
+    y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
+    ours = np.asarray(metrics.ssim(x.astype(np.float32), y.astype(np.float32)))
+    ref = [skimage.metrics.structural_similarity(x[i], y[i], channel_axis=-1, data_range=1.0)
+           for i in range(3)]
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(metrics.ssim(x, x)), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 7x7"):
+        metrics.ssim(x[:, :6], y[:, :6])
+
+
+def numpy_colorfulness(rgb01):
+    """Hasler & Suesstrunk (2003), written out on 0..255 RGB."""
+    r, g, b = (rgb01[..., c].astype(np.float64) * 255 for c in range(3))
+    rg, yb = r - g, 0.5 * (r + g) - b
+    return math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean())
+
+
+def test_colorfulness_matches_numpy(lab_batch):
+    l, ab_true, ab_pred, _ = lab_batch
+    got = summary(lab_batch)
+    cf_true = [numpy_colorfulness(reference_rgb(l[i], ab_true[i])) for i in range(3)]
+    cf_pred = [numpy_colorfulness(reference_rgb(l[i], ab_pred[i])) for i in range(3)]
+    assert got["colorfulness_true"] == pytest.approx(np.mean(cf_true), rel=1e-5)
+    assert got["colorfulness"] == pytest.approx(np.mean(cf_pred), rel=1e-5)
+    assert got["colorfulness_ratio"] == pytest.approx(sum(cf_pred) / sum(cf_true), rel=1e-5)
+    assert got["colorfulness_delta"] == pytest.approx(
+        np.mean(np.abs(np.subtract(cf_pred, cf_true))), rel=1e-4)
+    # a saturated red square scores far above its gray version
+    red = np.zeros((1, 8, 8, 3), np.float32)
+    red[..., 0] = 1
+    gray = np.full((1, 8, 8, 3), 0.5, np.float32)
+    assert float(metrics.colorfulness(red)[0]) == pytest.approx(numpy_colorfulness(red[0]), rel=1e-5)
+    assert float(metrics.colorfulness(gray)[0]) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_ab_errors_match_numpy(lab_batch):
+    _, ab_true, ab_pred, _ = lab_batch
+    got = summary(lab_batch)
+    err = ab_pred[:3] - ab_true[:3]
+    assert got["ab_mae"] == pytest.approx(np.abs(err).mean(), rel=1e-5)
+    assert got["ab_rmse"] == pytest.approx(np.sqrt((err**2).mean()), rel=1e-5)
+
+
+def discrete_auc(distance, thresholds=np.arange(0, 151)):
+    """Zhang et al.'s curve on integer thresholds, trapezoid rule, normalized by 150."""
+    curve = [(distance <= t).mean() for t in thresholds]
+    return np.trapezoid(curve, thresholds) / 150.0
+
+
+def constant_error_batch(error):
+    l = np.full((2, 8, 8, 1), 50.0, np.float32)
+    ab_true = np.random.default_rng(2).uniform(-40, 40, (2, 8, 8, 2)).astype(np.float32)
+    ab_pred = ab_true + np.array([0.6, 0.8], np.float32) * error  # |offset| = error
+    return l, ab_true, ab_pred, np.ones(2, np.float32)
+
+
+@pytest.mark.parametrize("error", [0.0, 10.0, 30.0, 149.0, 200.0])
+def test_auc_known_cases(error):
+    got = summary(constant_error_batch(error))
+    assert got["auc"] == pytest.approx(max(0.0, (150.0 - error) / 150.0), abs=1e-5)
+
+
+def test_auc_agrees_with_the_thresholded_curve(lab_batch):
+    _, ab_true, ab_pred, _ = lab_batch
+    distance = np.linalg.norm(ab_pred[:3] - ab_true[:3], axis=-1)
+    assert summary(lab_batch)["auc"] == pytest.approx(discrete_auc(distance), abs=1.0 / 150)
+
+
+def test_rebalanced_auc():
+    # Two bins: "red" (a > 0) is common, "green" (a < 0) is rare. Red pixels are predicted
+    # exactly, green ones off by 75 (AuC 0.5 each).
+    centers = np.array([[30.0, 0.0], [-30.0, 0.0]], np.float32)
+    ab_true = np.zeros((1, 8, 8, 2), np.float32)
+    ab_true[0, :, :6, 0] = 30.0  # 48 red pixels
+    ab_true[0, :, 6:, 0] = -30.0  # 16 green pixels
+    ab_pred = ab_true.copy()
+    ab_pred[0, :, 6:, 1] = 75.0
+    batch = (np.full((1, 8, 8, 1), 50.0, np.float32), ab_true, ab_pred, np.ones(1, np.float32))
+    plain = summary(batch)["auc"]
+    assert plain == pytest.approx((48 * 1.0 + 16 * 0.5) / 64, abs=1e-6)
+
+    uniform = metrics.ABPrior(centers, np.array([0.5, 0.5], np.float32))
+    assert summary(batch, uniform)["auc_rebalanced"] == pytest.approx(plain, abs=1e-6)
+
+    skewed = metrics.ABPrior(centers, np.array([0.9, 0.1], np.float32))
+    w_red, w_green = 1 / 0.9, 1 / 0.1
+    expected = (48 * w_red * 1.0 + 16 * w_green * 0.5) / (48 * w_red + 16 * w_green)
+    got = summary(batch, skewed)["auc_rebalanced"]
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert got < plain  # the rare color's errors now weigh more
+
+    perfect = (batch[0], ab_true, ab_true, batch[3])
+    assert summary(perfect, skewed)["auc_rebalanced"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_padding_rows_change_nothing(lab_batch):
+    l, ab_true, ab_pred, weight = lab_batch
+    with_padding = summary(lab_batch)
+    without = summary((l[:3], ab_true[:3], ab_pred[:3], weight[:3]))
+    for key, value in without.items():
+        assert with_padding[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_sums_accumulate_across_batches(lab_batch):
+    l, ab_true, ab_pred, weight = (np.asarray(x, np.float32) for x in lab_batch)
+    whole = metrics.summarize(metrics.batch_sums_jit(l, ab_true, ab_pred, weight))
+    parts = None
+    for sl in (slice(0, 1), slice(1, 4)):
+        parts = metrics.add(parts, metrics.batch_sums_jit(l[sl], ab_true[sl], ab_pred[sl], weight[sl]))
+    for key, value in metrics.summarize(parts).items():
+        assert value == pytest.approx(whole[key], rel=1e-5), key
+
+
+def test_ab_prior_file_round_trip_and_errors(tmp_path):
+    ab = np.array([[1.0, 1.0], [2.0, 3.0], [15.0, -4.0], [1.5, 2.5]])
+    prior = metrics.estimate_ab_prior(ab, bin_size=10.0)
+    np.testing.assert_allclose(prior.ab_centers, [[5.0, 5.0], [15.0, -5.0]])
+    np.testing.assert_allclose(prior.probs, [0.75, 0.25])
+    path = str(tmp_path / "prior.npz")
+    metrics.save_ab_prior(path, prior)
+    loaded = metrics.load_ab_prior(path)
+    np.testing.assert_allclose(loaded.probs, prior.probs)
+    np.savez(tmp_path / "bad.npz", centers=prior.ab_centers)
+    with pytest.raises(ValueError, match="ab_centers"):
+        metrics.load_ab_prior(str(tmp_path / "bad.npz"))
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        metrics.load_ab_prior(str(tmp_path / "missing.npz"))
