@@ -12,7 +12,7 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "
 def get_config():
     c = _default()
     c.data.source = "folder"
-    c.data.path = os.path.normpath(SHARED)
+    c.data.path = os.path.abspath(SHARED)
     c.data.train_split = "[25%:]"
     c.data.val_split = "[10%:25%]"
     c.data.test_split = "[:10%]"

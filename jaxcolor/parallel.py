@@ -167,4 +167,6 @@ def prefetch(iterator: Iterator, put, size: int = 2) -> Iterator:
     finally:
         done.set()
         with lock:
+            queue.clear()
             lock.notify_all()
+        thread.join(timeout=30)

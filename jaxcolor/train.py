@@ -288,6 +288,8 @@ def _run(config, workdir: str, should_stop) -> dict:
         else:
             flush(config.num_steps)
     finally:
+        batches.close()  # stops the prefetch thread before the iterator goes away
+        iterator.close()  # stops grain's worker processes now, not at interpreter exit
         progress.close()
         manager.wait_until_finished()
         logbook.close()
