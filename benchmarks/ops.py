@@ -161,6 +161,28 @@ def main(argv=None):
             bench(f"up_fwd/{name}/{h}x{c}", f, x, shape=[B, h, h, c])
             bench(f"up_fwdbwd/{name}/{h}x{c}", fwd_bwd(f), x, ct, shape=[B, h, h, c])
 
+    # --- 3x3 conv of the x2 upsampled map: conv(upsample(x)) vs the phase-folded UpsampleConv ---
+    for name, h, c_in, c_out in (("dec128", S // 4, 256, 128), ("dec64", S // 2, 128, 64)):
+        x = arr(B, h, h, c_in)
+        conv = nn.Conv(c_out, (3, 3), padding="SAME", dtype=dtype)
+        v = conv.init(jax.random.key(0), up_broadcast(x))
+        up = ae.UpsampleConv(c_out, dtype=dtype)
+        fl = 2 * B * (2 * h) ** 2 * 9 * c_in * c_out  # FLOPs of the conv on the upsampled map
+        meta = dict(layer=name, shape=[B, h, h, c_in, c_out])
+
+        def train_both(v, x, f):
+            y, vjp = jax.vjp(f, v, x)
+            return vjp(y)  # gradients w.r.t. kernel, bias and input
+
+        ref = lambda v, x, conv=conv: conv.apply(v, up_broadcast(x))  # noqa: E731
+        new = lambda v, x, up=up: up.apply(v, x)  # noqa: E731
+        bench(f"upconv_fwd/reference/{name}", ref, v, x, flops=fl, **meta)
+        bench(f"upconv_fwd/model/{name}", new, v, x, flops=fl, **meta)
+        bench(f"upconv_fwdbwd/reference/{name}", lambda v, x, f=ref: train_both(v, x, f), v, x,
+              flops=3 * fl, **meta)
+        bench(f"upconv_fwdbwd/model/{name}", lambda v, x, f=new: train_both(v, x, f), v, x,
+              flops=3 * fl, **meta)
+
     # --- 2x2 max-pool -------------------------------------------------------------------------
     from jaxcolor.models.autoencoder import max_pool_2x2 as pool_new  # the model's formulation
 

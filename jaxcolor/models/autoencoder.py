@@ -5,6 +5,14 @@ up, conv64+BN, concatenate the input, conv64+BN, conv32+BN, conv2 tanh. Every co
 with a bias, followed (where the reference had one) by Keras' BatchNormalization (momentum 0.99,
 epsilon 1e-3) and Keras' LeakyReLU (slope 0.3). At 128x128x1 this is 820,770 numbers: 819,234
 trainable and 1,536 BatchNorm moving statistics, as the reference.
+
+The computation is written for speed without changing the function or the parameters (names,
+shapes, initial values; tests/test_autoencoder_equivalence.py checks both against the plain
+formulation): the 2x2 max-pool is a reshape + max with an element-wise backward pass
+(`max_pool_2x2`), each "upsample, then 3x3 conv" is four 2x2 convs at the low resolution
+(`UpsampleConv`, 0.44x the FLOPs of those two largest layers), and the concatenation of the input
+before skip64 is a conv with a split kernel (`SplitInputConv`). benchmarks/RESULTS.md has the
+measurements.
 """
 
 from __future__ import annotations
@@ -200,6 +208,9 @@ max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 @jax.custom_vjp
 def upsample2x(x):
     """Keras UpSampling2D (nearest): each pixel becomes a 2x2 block.
+
+    SkipAutoencoder no longer calls this (UpsampleConv folds the upsampling into the next conv);
+    it is kept for decoders that upsample before something other than a single conv.
 
     Forward: broadcast + reshape. Backward: the sum of the four strided corners of the 2x2
     blocks of the gradient, element-wise adds that XLA fuses into one loop on every backend. The
