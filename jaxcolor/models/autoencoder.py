@@ -5,14 +5,24 @@ up, conv64+BN, concatenate the input, conv64+BN, conv32+BN, conv2 tanh. Every co
 with a bias, followed (where the reference had one) by Keras' BatchNormalization (momentum 0.99,
 epsilon 1e-3) and Keras' LeakyReLU (slope 0.3). At 128x128x1 this is 820,770 numbers: 819,234
 trainable and 1,536 BatchNorm moving statistics, as the reference.
+
+The computation is written for speed without changing the function or the parameters (names,
+shapes, initial values; tests/test_autoencoder_equivalence.py checks both against the plain
+formulation): the 2x2 max-pool is a reshape + max with an element-wise backward pass
+(`max_pool_2x2`), each "upsample, then 3x3 conv" is four 2x2 convs at the low resolution
+(`UpsampleConv`, 0.44x the FLOPs of those two largest layers), and the concatenation of the input
+before skip64 is a conv with a split kernel (`SplitInputConv`). benchmarks/RESULTS.md has the
+measurements.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 LEAKY_SLOPE = 0.3  # keras.layers.LeakyReLU default
 BN_MOMENTUM = 0.99  # keras.layers.BatchNormalization defaults
@@ -24,17 +34,115 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+class SplitInputConv(nn.Module):
+    """`nn.Conv(features, (3, 3), padding='SAME')` on the channel concatenation of `inputs`,
+    computed without concatenating.
+
+    The parameters are those of the `nn.Conv` on the concatenation (same names, shapes,
+    initializers and random draws): one kernel (3, 3, sum of channels, features) and a bias. The
+    kernel is sliced along its input channels and each part convolved with its input; the sum is
+    the same convolution, up to float summation order. This saves writing and re-reading the
+    concatenated activation and its gradient, and keeps every conv at a channel count that conv
+    libraries handle well (64, not 65) on CPU and GPU alike.
+    """
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs: Sequence[Any]):
+        sizes = [x.shape[-1] for x in inputs]
+        kernel, bias = _conv_params(self, sum(sizes), self.features)
+        *parts, kernel, bias = nn.dtypes.promote_dtype(*inputs, kernel, bias, dtype=self.dtype)
+        y, start = None, 0
+        for x, size in zip(parts, sizes):
+            part = lax.conv_general_dilated(
+                x, kernel[:, :, start : start + size], (1, 1), "SAME",
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+            y = part if y is None else y + part
+            start += size
+        return y + bias
+
+
+def _conv_params(module, in_features: int, features: int):
+    """The kernel (3, 3, in, out) and bias of `nn.Conv(features, (3, 3))`: same names, shapes,
+    initializers and random draws, so a module using these has `nn.Conv`'s parameter tree."""
+    kernel = module.param(
+        "kernel", nn.linear.default_kernel_init, (3, 3, in_features, features), jnp.float32
+    )
+    bias = module.param("bias", nn.initializers.zeros_init(), (features,), jnp.float32)
+    return kernel, bias
+
+
+def _phase_taps(kernel, phase: int, axis: int):
+    """The 3 taps of `kernel` along `axis` folded onto the 2 low-resolution rows that output
+    phase `phase` (0: even, 1: odd upsampled row) sees: [k0, k1 + k2] or [k0 + k1, k2]."""
+    k0, k1, k2 = (lax.index_in_dim(kernel, i, axis) for i in range(3))
+    pair = (k0, k1 + k2) if phase == 0 else (k0 + k1, k2)
+    return jnp.concatenate(pair, axis=axis)
+
+
+class UpsampleConv(nn.Module):
+    """`nn.Conv(features, (3, 3), padding='SAME')` applied to `upsample2x(x)`, computed at the
+    low resolution without materializing the upsampled map.
+
+    Each output pixel (2i + a, 2j + b) of a 3x3 conv over a nearest-upsampled map sees only a 2x2
+    neighbourhood of x, with some of the 3x3 taps landing on the same x pixel. So the result is
+    four 2x2 convs of x (one per output phase (a, b), with the 3x3 kernel's taps summed
+    accordingly, and padding on the side that phase reaches past the border), interleaved. That is
+    16 instead of 36 multiply-adds per output pixel and input channel (0.44x the FLOPs), the same
+    function up to float rounding of the summed taps, and the same parameters (names, shapes,
+    initialization) as the `nn.Conv` it replaces. Plain convs, slices and a depth-to-space
+    interleave: standard on CPU, GPU and TPU alike.
+    """
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel, bias = _conv_params(self, x.shape[-1], self.features)
+        b, h, w, _ = x.shape
+        rows = []
+        for a in (0, 1):
+            k_a = _phase_taps(kernel, a, axis=0)
+            cols = []
+            for c in (0, 1):
+                k_ac = _phase_taps(k_a, c, axis=1)  # (2, 2, in, out), summed in float32
+                xs, k_ac, bias_c = nn.dtypes.promote_dtype(x, k_ac, bias, dtype=self.dtype)
+                pad = lambda phase: (1, 0) if phase == 0 else (0, 1)  # noqa: E731
+                y = lax.conv_general_dilated(
+                    xs, k_ac, (1, 1), (pad(a), pad(c)),
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                )
+                cols.append(y + bias_c)
+            rows.append(jnp.stack(cols, axis=3))  # (b, h, w, 2, out)
+        y = jnp.stack(rows, axis=2)  # (b, h, 2, w, 2, out)
+        return y.reshape(b, 2 * h, 2 * w, self.features)
+
+
 class ConvBlock(nn.Module):
-    """3x3 'same' conv, optional BatchNorm, LeakyReLU: the reference's repeated unit."""
+    """3x3 'same' conv, optional BatchNorm, LeakyReLU: the reference's repeated unit.
+
+    `x` is an array, or a sequence of arrays standing for their channel concatenation (see
+    `SplitInputConv`; the parameters are the same either way).
+    """
 
     features: int
     batch_norm: bool = True
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    upsample: bool = False  # conv of upsample2x(x), computed at x's resolution (UpsampleConv)
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype, name="conv")(x)
+        if self.upsample:
+            x = UpsampleConv(self.features, dtype=self.dtype, name="conv")(x)
+        elif isinstance(x, (tuple, list)):
+            x = SplitInputConv(self.features, dtype=self.dtype, name="conv")(x)
+        else:
+            x = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype, name="conv")(x)
         if self.batch_norm:
             x = nn.BatchNorm(
                 use_running_average=not train,
@@ -47,11 +155,84 @@ class ConvBlock(nn.Module):
         return nn.leaky_relu(x, LEAKY_SLOPE)
 
 
+def _pool_windows(x):
+    """(B, H, W, C) -> the four (B, H/2, W/2, C) corners of the 2x2 windows, in row-major order."""
+    b, h, w, c = x.shape
+    xr = x.reshape(b, h // 2, 2, w // 2, 2, c)
+    return xr[:, :, 0, :, 0], xr[:, :, 0, :, 1], xr[:, :, 1, :, 0], xr[:, :, 1, :, 1]
+
+
+def _pool_max_and_index(x):
+    """Window maximum and the index (0..3) of its first occurrence, from pairwise compares."""
+    x00, x01, x10, x11 = _pool_windows(x)
+    top, bottom = jnp.maximum(x00, x01), jnp.maximum(x10, x11)
+    top_i = jnp.where(x01 > x00, 1, 0).astype(jnp.int8)
+    bottom_i = jnp.where(x11 > x10, 3, 2).astype(jnp.int8)
+    return jnp.maximum(top, bottom), jnp.where(bottom > top, bottom_i, top_i)
+
+
+@jax.custom_vjp
+def max_pool_2x2(x):
+    """2x2 max-pool with stride 2 (H, W even), as `nn.max_pool(x, (2, 2), (2, 2))`.
+
+    Forward: the maximum of the four strided corners of the windows. Backward: the gradient goes
+    to the first maximum of each window in row-major order, as the reduce_window formulation's
+    select_and_scatter (and TF/Keras' MaxPoolGrad) do. The winner's index (int8) is found by
+    pairwise compares in the forward pass and kept, so the backward pass never compares floats
+    for equality (XLA may recompute the pooled activation in another fusion, where an equality
+    test against the saved maximum could miss by a rounding). Everything is element-wise work that
+    XLA fuses on every backend; XLA:CPU's select_and_scatter, which the reduce_window gradient
+    lowers to, is slow (benchmarks/RESULTS.md).
+    """
+    return _pool_max_and_index(x)[0]
+
+
+def _max_pool_fwd(x):
+    y, index = _pool_max_and_index(x)
+    return y, index
+
+
+def _max_pool_bwd(index, g):
+    b, h2, w2, c = g.shape
+    zero = jnp.zeros_like(g)
+    corners = [jnp.where(index == k, g, zero) for k in range(4)]
+    top = jnp.stack(corners[:2], axis=3)  # (b, h/2, w/2, 2, c)
+    bottom = jnp.stack(corners[2:], axis=3)
+    dx = jnp.stack([top, bottom], axis=2)  # (b, h/2, 2, w/2, 2, c)
+    return (dx.reshape(b, 2 * h2, 2 * w2, c),)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+@jax.custom_vjp
 def upsample2x(x):
-    """Keras UpSampling2D (nearest): each pixel becomes a 2x2 block."""
+    """Keras UpSampling2D (nearest): each pixel becomes a 2x2 block.
+
+    SkipAutoencoder no longer calls this (UpsampleConv folds the upsampling into the next conv);
+    it is kept for decoders that upsample before something other than a single conv.
+
+    Forward: broadcast + reshape. Backward: the sum of the four strided corners of the 2x2
+    blocks of the gradient, element-wise adds that XLA fuses into one loop on every backend. The
+    automatic gradient of the broadcast is a reduce over the two window axes, which XLA:CPU in
+    jaxlib 0.10 hands to a YNNPACK reduction that took a quarter of the CPU train step
+    (benchmarks/RESULTS.md); the sum is the same up to float summation order.
+    """
     b, h, w, c = x.shape
     x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
     return x.reshape(b, h * 2, w * 2, c)
+
+
+def _upsample_fwd(x):
+    return upsample2x(x), None
+
+
+def _upsample_bwd(_, g):
+    g00, g01, g10, g11 = _pool_windows(g)
+    return ((g00 + g01) + (g10 + g11),)
+
+
+upsample2x.defvjp(_upsample_fwd, _upsample_bwd)
 
 
 class SkipAutoencoder(nn.Module):
@@ -70,23 +251,20 @@ class SkipAutoencoder(nn.Module):
     def __call__(self, x, train: bool = False):
         if x.shape[1] % 4 or x.shape[2] % 4:
             raise ValueError(f"SkipAutoencoder needs H and W divisible by 4, got {x.shape[1:3]}")
-        block = lambda c, bn=True, name=None: ConvBlock(  # noqa: E731
-            scaled(c, self.width), bn, self.dtype, self.bn_axis_name, name=name
+        block = lambda c, bn=True, name=None, up=False: ConvBlock(  # noqa: E731
+            scaled(c, self.width), bn, self.dtype, self.bn_axis_name, up, name=name
         )
         inputs = x.astype(self.dtype)
         x = block(16, bn=False, name="enc16")(inputs, train)
         x = block(32, name="enc32")(x, train)
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = max_pool_2x2(x)
         x = block(64, name="enc64")(x, train)
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = max_pool_2x2(x)
         x = block(128, name="enc128")(x, train)
         x = block(256, name="enc256")(x, train)
-        x = upsample2x(x)
-        x = block(128, name="dec128")(x, train)
-        x = upsample2x(x)
-        x = block(64, name="dec64")(x, train)
-        x = jnp.concatenate([x, inputs], axis=-1)
-        x = block(64, name="skip64")(x, train)
+        x = block(128, name="dec128", up=True)(x, train)  # = conv of upsample2x(x)
+        x = block(64, name="dec64", up=True)(x, train)
+        x = block(64, name="skip64")((x, inputs), train)  # = conv of concatenate([x, inputs])
         x = block(32, name="skip32")(x, train)
         x = nn.Conv(self.output_channels, (3, 3), padding="SAME", dtype=self.dtype, name="out")(x)
         x = x.astype(jnp.float32)

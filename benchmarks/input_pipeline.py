@@ -1,0 +1,203 @@
+"""Examples/s of the grain training pipeline alone; one JSON line per setting.
+
+Runs `jaxcolor.data.pipeline.train_dataset` (folder source: decode, center crop, resize, random
+rotation, flip, RGB -> LAB, batch) on an image folder for every crop:size setting and every
+worker_count 0..--max_workers, and times --batches batches after --warmup_batches (the first
+batch, which includes starting the worker processes, is reported separately). No JAX is imported.
+
+`--stages` instead times each stage of one example's transform on --stage_examples files, in the
+main process: read (file bytes), decode (PIL decode + EXIF transpose + RGB), crop, resize,
+rotate, flip, lab (RGB -> L, ab arrays), and batch (stacking --batch examples), as ms per example.
+
+`--make_synthetic N` first writes N random-ish 178x218 JPEGs (CelebA's size) into --path, for
+machines without the photos.
+
+    python benchmarks/input_pipeline.py --max_workers 2
+    python benchmarks/input_pipeline.py --stages
+    python benchmarks/input_pipeline.py --path /tmp/synth --make_synthetic 2000 --max_workers 16 --workers 0,16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEFAULT_PATH = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "celeba-10k", "img_align_celeba"))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--path", default=DEFAULT_PATH, help="image folder (searched recursively)")
+    p.add_argument("--settings", default="75:64,150:128", help="comma-separated crop:size pairs")
+    p.add_argument("--max_workers", type=int, default=2, help="worker counts 0..max_workers")
+    p.add_argument("--workers", default="", help="explicit comma-separated worker counts instead")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batches", type=int, default=10, help="timed batches per setting")
+    p.add_argument("--warmup_batches", type=int, default=2)
+    p.add_argument("--buffer", type=int, default=2, help="grain per-worker buffer size")
+    p.add_argument("--rotate", type=float, default=15.0, help="config.data.rotate_degrees")
+    p.add_argument("--stages", action="store_true", help="per-stage micro-timing instead")
+    p.add_argument("--stage_examples", type=int, default=200)
+    p.add_argument("--make_synthetic", type=int, default=0, help="write N JPEGs into --path first")
+    p.add_argument("--make_only", action="store_true", help="stop after --make_synthetic")
+    p.add_argument("--label", default="")
+    return p.parse_args(argv)
+
+
+def make_synthetic(folder: str, n: int, seed: int = 0) -> None:
+    """n smooth random color 178x218 JPEGs (quality 90) with some noise, like CelebA's files."""
+    import numpy as np
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:218, 0:178].astype(np.float32)
+    for i in range(n):
+        path = os.path.join(folder, f"{i:06d}.jpg")
+        if os.path.exists(path):
+            continue
+        f = rng.uniform(0.01, 0.1, (3, 2))
+        ph = rng.uniform(0, 6.3, 3)
+        base = rng.uniform(60, 200, 3)
+        img = np.stack([base[c] + 50 * np.sin(xx * f[c, 0] + yy * f[c, 1] + ph[c]) for c in range(3)], -1)
+        img += rng.normal(0, 8, img.shape)
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def _config(path, crop, size, workers, buffer, rotate):
+    from jaxcolor.configs.default import get_config
+
+    c = get_config()
+    c.data.source = "folder"
+    c.data.path = path
+    c.data.crop = crop
+    c.data.image_size = size
+    c.data.worker_count = workers
+    c.data.worker_buffer_size = buffer
+    c.data.rotate_degrees = rotate
+    return c
+
+
+def _base(args, crop, size):
+    return {"path": args.path, "crop": crop, "size": size, "batch": args.batch,
+            "rotate_degrees": args.rotate, "cpu_count": os.cpu_count()}
+
+
+def run_pipeline(args, crop, size, workers):
+    from jaxcolor.data import pipeline
+
+    cfg = _config(args.path, crop, size, workers, args.buffer, args.rotate)
+    t0 = time.perf_counter()
+    ds = pipeline.train_dataset(cfg.data, args.batch, seed=0)
+    it = iter(ds)
+    batch = next(it)
+    first = time.perf_counter() - t0
+    for _ in range(args.warmup_batches):
+        batch = next(it)
+    times = []
+    t_all = time.perf_counter()
+    for _ in range(args.batches):
+        t = time.perf_counter()
+        batch = next(it)
+        times.append(time.perf_counter() - t)
+    total = time.perf_counter() - t_all
+    shapes = {k: list(v.shape) for k, v in batch.items() if hasattr(v, "shape")}
+    del it, ds
+    out = _base(args, crop, size)
+    out.update({
+        "mode": "pipeline", "worker_count": workers, "worker_buffer_size": args.buffer,
+        "batches": args.batches, "examples_per_s": args.batch * args.batches / total,
+        "batch_s_median": statistics.median(times), "first_batch_s": first, "shapes": shapes,
+    })
+    return out
+
+
+def run_stages(args, crop, size):
+    import numpy as np
+
+    from jaxcolor.data import sources, transforms
+
+    cfg = _config(args.path, crop, size, 0, args.buffer, args.rotate)
+    records = sources.records_for(cfg.data, cfg.data.train_split)[: args.stage_examples]
+    rng = np.random.default_rng(0)
+    acc = {k: 0.0 for k in ("read", "decode", "crop", "resize", "rotate", "flip", "lab")}
+    examples = []
+    clock = time.perf_counter
+    for r in records:
+        t = clock()
+        with open(r["path"], "rb") as f:
+            f.read()
+        t1 = clock(); acc["read"] += t1 - t
+        rgb = transforms.decode(r["path"])  # reads the file again, now from the page cache
+        t2 = clock(); acc["decode"] += t2 - t1
+        rgb = transforms.center_crop_or_pad(rgb, cfg.data.crop)
+        t3 = clock(); acc["crop"] += t3 - t2
+        rgb = transforms.resize(rgb, cfg.data.image_size)
+        t4 = clock(); acc["resize"] += t4 - t3
+        if cfg.data.rotate_degrees > 0:
+            rgb = transforms.rotate(rgb, rng.uniform(-cfg.data.rotate_degrees, cfg.data.rotate_degrees))
+        t5 = clock(); acc["rotate"] += t5 - t4
+        if rng.random() < 0.5:
+            rgb = rgb[:, ::-1]
+        rgb = np.ascontiguousarray(rgb)
+        t6 = clock(); acc["flip"] += t6 - t5
+        examples.append(transforms.to_model_arrays(rgb))
+        acc["lab"] += clock() - t6
+    n = len(records)
+    reps = max(1, n // args.batch)
+    t = clock()
+    for i in range(reps):
+        chunk = [examples[(i * args.batch + j) % n] for j in range(args.batch)]
+        {k: np.stack([e[k] for e in chunk]) for k in chunk[0]}
+    batch_ms = (clock() - t) / (reps * args.batch) * 1e3
+    ms = {k: v / n * 1e3 for k, v in acc.items()}
+    ms["batch"] = batch_ms
+    total = sum(ms.values())
+    out = _base(args, crop, size)
+    out.update({"mode": "stages", "examples": n, "ms_per_example": ms, "ms_per_example_total": total,
+                "share": {k: v / total for k, v in ms.items()},
+                "examples_per_s_one_process": 1e3 / total})
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not os.environ.get("PYTHONPATH"):
+        sys.path.insert(0, ROOT)
+    if args.make_synthetic:
+        t = time.perf_counter()
+        make_synthetic(args.path, args.make_synthetic)
+        print(json.dumps({"mode": "make_synthetic", "path": args.path, "files": args.make_synthetic,
+                          "seconds": time.perf_counter() - t}), flush=True)
+        if args.make_only:
+            return
+    if not os.path.isdir(args.path):
+        print(json.dumps({"mode": "skipped", "path": args.path,
+                          "reason": f"image folder {args.path!r} not found; pass --path DIR "
+                                    "or --make_synthetic N"}), flush=True)
+        return
+    settings = [tuple(int(v) for v in s.split(":")) for s in args.settings.split(",") if s]
+    workers = ([int(w) for w in args.workers.split(",")] if args.workers
+               else list(range(args.max_workers + 1)))
+    for crop, size in settings:
+        if args.stages:
+            out = run_stages(args, crop, size)
+            out["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+            print(json.dumps(out), flush=True)
+            continue
+        for w in workers:
+            out = run_pipeline(args, crop, size, w)
+            out["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+            if args.label:
+                out["label"] = args.label
+            print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
