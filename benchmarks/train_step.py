@@ -341,7 +341,7 @@ def run_torch(args):
         "memory_format": "channels_last",
         "params": n_params,
         "batch_stats": n_stats,
-        "final_loss": float(loss),
+        "final_loss": float(loss.detach()),
         "cpu_s_per_step": cpu_per_step,
     }
     return _common(args, times, compile_s, None, extra)
