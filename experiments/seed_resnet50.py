@@ -9,16 +9,8 @@ The reference fed L/100 three times; `--config.model.input_mode=l_repeat` reprod
 default feeds the gray RGB image L stands for, preprocessed as the ImageNet weights expect.
 """
 
-import os
-
-from jaxcolor.configs.reference import get_config as _reference
+from jaxcolor.configs.reference import get_transfer_config
 
 
 def get_config():
-    c = _reference()
-    c.model.name = "resnet50_seed"
-    c.model.weights = os.path.expanduser(
-        "~/.keras/models/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
-    c.model.freeze = "stem"
-    c.model.input_mode = "gray_rgb"
-    return c
+    return get_transfer_config("resnet50_seed")

@@ -33,3 +33,18 @@ def get_config():
     c.checkpoint_every = 2_000
     c.patience = 3
     return c
+
+
+def get_transfer_config(model_name: str):
+    """The reference recipe with a ResNet50 colorizer: Keras' notop ImageNet file from
+    `~/.keras/models/` (override with `--config.model.weights`, or `none`), the stem frozen, the
+    encoder fed the gray RGB image that L stands for."""
+    import os
+
+    c = get_config()
+    c.model.name = model_name
+    c.model.weights = os.path.expanduser(
+        "~/.keras/models/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    c.model.freeze = "stem"
+    c.model.input_mode = "gray_rgb"
+    return c
