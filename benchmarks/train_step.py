@@ -40,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--width", type=float, default=1.0, help="autoencoder width multiplier")
+    p.add_argument("--ops", default="auto",
+                   help="autoencoder: how upsample-convs, concat and pooling are computed "
+                        "(phase | dilated | plain | auto; jaxcolor.models.autoencoder.OPS)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
@@ -50,6 +53,12 @@ def parse_args(argv=None):
     p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS (JAX only)")
     p.add_argument("--torch_compile", action="store_true", help="torch.compile the step (torch)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--measure_lock", default="",
+                   help="a lock file held while timing (JAX): several benchmark processes can "
+                        "compile at once and still time their steps one at a time")
+    p.add_argument("--profile_dir", default="",
+                   help="after timing, trace 3 steps with jax.profiler into this folder "
+                        "(with a Perfetto JSON trace of the device kernels)")
     p.add_argument("--label", default="", help="free text copied into the JSON line")
     return p.parse_args(argv)
 
@@ -173,7 +182,8 @@ def run_jax(args):
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
     if args.model == "autoencoder":
-        model = build_model(ml_collections.ConfigDict({"name": "autoencoder", "width": args.width}),
+        model = build_model(ml_collections.ConfigDict(
+            {"name": "autoencoder", "width": args.width, "ops": args.ops}),
                             dtype=args.dtype)
     else:
         try:  # the registry, once it knows the colorizers
@@ -217,17 +227,31 @@ def run_jax(args):
     flops_total = float(cost.get("flops", 0.0))
     bytes_total = float(cost.get("bytes accessed", 0.0))
 
-    for _ in range(args.warmup):
-        state, metrics = compiled(state, batch, key)
-        jax.block_until_ready((state, metrics))
-    times = []
-    cpu0 = _cpu_seconds()
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        state, metrics = compiled(state, batch, key)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t)
-    cpu_per_step = (_cpu_seconds() - cpu0) / max(1, args.steps)
+    lock = open(args.measure_lock, "a") if args.measure_lock else None
+    if lock is not None:  # wait for the device to be ours alone
+        import fcntl
+
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        for _ in range(args.warmup):
+            state, metrics = compiled(state, batch, key)
+            jax.block_until_ready((state, metrics))
+        times = []
+        cpu0 = _cpu_seconds()
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            state, metrics = compiled(state, batch, key)
+            jax.block_until_ready((state, metrics))
+            times.append(time.perf_counter() - t)
+        cpu_per_step = (_cpu_seconds() - cpu0) / max(1, args.steps)
+        if args.profile_dir:
+            with jax.profiler.trace(args.profile_dir, create_perfetto_trace=True):
+                for _ in range(3):
+                    state, metrics = compiled(state, batch, key)
+                jax.block_until_ready((state, metrics))
+    finally:
+        if lock is not None:
+            lock.close()  # releases the lock
     loss = float(metrics["loss"])
 
     dev = jax.devices()[0]
@@ -243,6 +267,7 @@ def run_jax(args):
         "xla_flops_per_step": flops_total,
         "xla_bytes_accessed_per_step": bytes_total,
         "final_loss": loss,
+        "ops": getattr(model, "ops", None),
         "cpu_s_per_step": cpu_per_step,
     }
     return _common(args, times, compile_s, flops_total / args.batch if flops_total else None, extra)

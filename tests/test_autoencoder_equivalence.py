@@ -71,9 +71,10 @@ def _assert_close(a, b, rtol, atol):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol), a, b)
 
 
-def test_parameter_tree_and_initial_values_are_unchanged():
+@pytest.mark.parametrize("ops", sorted(ae.OPS))
+def test_parameter_tree_and_initial_values_are_unchanged(ops):
     x = jnp.zeros((1, 128, 128, 1))
-    new = ae.SkipAutoencoder().init(jax.random.key(0), x)
+    new = ae.SkipAutoencoder(ops=ops).init(jax.random.key(0), x)
     ref = ReferenceAutoencoder().init(jax.random.key(0), x)
     assert _shapes(new) == _shapes(ref)
     count = lambda t: sum(a.size for a in jax.tree.leaves(t))  # noqa: E731
@@ -82,12 +83,13 @@ def test_parameter_tree_and_initial_values_are_unchanged():
     _assert_close(new, ref, 0, 0)  # same initializers, same random draws
 
 
-@pytest.mark.parametrize("width,size,batch", [(0.25, 16, 3), (0.5, 32, 2)])
-def test_forward_batch_stats_and_gradients_match_reference(width, size, batch):
+@pytest.mark.parametrize("width,size,batch,ops", [
+    (0.25, 16, 3, "phase"), (0.5, 32, 2, "phase"), (0.25, 16, 3, "dilated"), (0.25, 16, 3, "plain")])
+def test_forward_batch_stats_and_gradients_match_reference(width, size, batch, ops):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(0, 1, (batch, size, size, 1)).astype(np.float32))
     target = jnp.asarray(rng.uniform(-0.5, 0.5, (batch, size, size, 2)).astype(np.float32))
-    new_model, ref_model = ae.SkipAutoencoder(width=width), ReferenceAutoencoder(width=width)
+    new_model, ref_model = ae.SkipAutoencoder(width=width, ops=ops), ReferenceAutoencoder(width=width)
     variables = ref_model.init(jax.random.key(1), x)
     # Perturb the BatchNorm scales/biases so the test does not rest on their 1/0 initial values.
     variables = jax.tree.map(
@@ -151,14 +153,15 @@ def test_upsample_matches_broadcast_reshape_and_its_gradient():
     np.testing.assert_allclose(np.asarray(vjp_new(ct)[0]), np.asarray(vjp_ref(ct)[0]), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("form", [ae.UpsampleConv, ae.DilatedUpsampleConv])
 @pytest.mark.parametrize("h,w", [(1, 1), (3, 5), (4, 4)])
-def test_upsample_conv_equals_conv_of_upsampled_input(h, w):
+def test_upsample_conv_equals_conv_of_upsampled_input(h, w, form):
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.standard_normal((2, h, w, 6)).astype(np.float32))
     conv = nn.Conv(3, (3, 3), padding="SAME")
     v = conv.init(jax.random.key(0), _ref_upsample(x))
     v = jax.tree.map(lambda a: a + jnp.asarray(rng.standard_normal(a.shape).astype(np.float32)), v)
-    up = ae.UpsampleConv(3)
+    up = form(3)
     assert _shapes(up.init(jax.random.key(0), x)) == _shapes(v)
     _assert_close(up.init(jax.random.key(0), x), conv.init(jax.random.key(0), _ref_upsample(x)), 0, 0)
     ct = jnp.asarray(rng.standard_normal((2, 2 * h, 2 * w, 3)).astype(np.float32))

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 # Compute dtypes of activations; parameters, BatchNorm statistics, optimizer state and the loss
 # stay float32. float16 is not offered: it needs loss scaling, bfloat16 does not.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The autoencoder's `ops` (see models/autoencoder.OPS) that 'auto' picks per backend: the fastest
+# measured there (benchmarks/RESULTS.md).
+AUTO_OPS = {"cpu": "phase"}
 MODEL_NAMES = ("autoencoder", "resnet50_seed", "resnet50_unet")
 
 
@@ -28,6 +31,15 @@ def compute_dtype(name: str):
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"config.dtype={name!r}: expected one of {sorted(DTYPES)}") from None
+
+
+def autoencoder_ops(name: str) -> str:
+    """`config.model.ops`, with 'auto' resolved for the backend JAX runs on."""
+    if name != "auto":
+        return name
+    import jax
+
+    return AUTO_OPS.get(jax.default_backend(), "phase")
 
 
 def build_model(model_config, dtype: str = "float32", bn_axis_name: str | None = None,
@@ -40,6 +52,7 @@ def build_model(model_config, dtype: str = "float32", bn_axis_name: str | None =
             dtype=compute_dtype(dtype),
             bn_axis_name=bn_axis_name,
             output_channels=output_channels,
+            ops=autoencoder_ops(model_config.get("ops", "auto")),
         )
     if name in ("resnet50_seed", "resnet50_unet"):
         from jaxcolor.models import colorizers

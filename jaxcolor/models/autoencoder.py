@@ -122,6 +122,47 @@ class UpsampleConv(nn.Module):
         return y.reshape(b, 2 * h, 2 * w, self.features)
 
 
+def _folded_taps(kernel, axis: int):
+    """The 3 taps [k0, k1, k2] along `axis` as the 4 taps [k0, k0 + k1, k1 + k2, k2] that a
+    3x3 conv of a nearest-upsampled map applies to the zero-interleaved (lhs-dilated) map."""
+    k0, k1, k2 = (lax.index_in_dim(kernel, i, axis) for i in range(3))
+    return jnp.concatenate([k0, k0 + k1, k1 + k2, k2], axis=axis)
+
+
+class DilatedUpsampleConv(nn.Module):
+    """`UpsampleConv` as one convolution: the 3x3 conv of the x2 nearest-upsampled map equals a
+    4x4 conv (the 3x3 kernel convolved with the 2x2 box of the upsampling) of x with zeros
+    interleaved (`lhs_dilation=2`, padding 2). That is a transposed convolution, which cuDNN runs
+    as one backward-data kernel touching only the non-zero taps (16 multiply-adds per output pixel
+    and input channel, as `UpsampleConv`), with no interleave of four phase outputs. XLA:CPU, by
+    contrast, computes the dilated conv densely, so the phase form stays the CPU choice
+    (benchmarks/RESULTS.md). Same parameters as `nn.Conv(features, (3, 3))`.
+    """
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel, bias = _conv_params(self, x.shape[-1], self.features)
+        kernel = _folded_taps(_folded_taps(kernel, axis=0), axis=1)  # (4, 4, in, out), float32
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = lax.conv_general_dilated(
+            x, kernel, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y + bias
+
+
+# How the three reshaping steps of the autoencoder are computed (same function and parameters):
+# the upsample + conv, the concatenation before skip64, and the 2x2 max-pool.
+OPS = {
+    "phase": ("phase", "split", "elementwise"),  # the fastest on XLA:CPU (RESULTS.md)
+    "dilated": ("dilated", "split", "elementwise"),
+    "plain": ("materialize", "concat", "reduce_window"),  # the reference's ops, as written
+}
+
+
 class ConvBlock(nn.Module):
     """3x3 'same' conv, optional BatchNorm, LeakyReLU: the reference's repeated unit.
 
@@ -133,15 +174,23 @@ class ConvBlock(nn.Module):
     batch_norm: bool = True
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
-    upsample: bool = False  # conv of upsample2x(x), computed at x's resolution (UpsampleConv)
+    upsample: bool = False  # conv of upsample2x(x)
+    ops: str = "phase"  # a key of OPS
 
     @nn.compact
     def __call__(self, x, train: bool):
-        if self.upsample:
+        upsample_form, concat_form, _ = OPS[self.ops]
+        if self.upsample and upsample_form == "phase":
             x = UpsampleConv(self.features, dtype=self.dtype, name="conv")(x)
-        elif isinstance(x, (tuple, list)):
+        elif self.upsample and upsample_form == "dilated":
+            x = DilatedUpsampleConv(self.features, dtype=self.dtype, name="conv")(x)
+        elif isinstance(x, (tuple, list)) and concat_form == "split":
             x = SplitInputConv(self.features, dtype=self.dtype, name="conv")(x)
         else:
+            if self.upsample:
+                x = upsample2x(x)
+            elif isinstance(x, (tuple, list)):
+                x = jnp.concatenate(x, axis=-1)
             x = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype, name="conv")(x)
         if self.batch_norm:
             x = nn.BatchNorm(
@@ -209,8 +258,8 @@ max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 def upsample2x(x):
     """Keras UpSampling2D (nearest): each pixel becomes a 2x2 block.
 
-    SkipAutoencoder no longer calls this (UpsampleConv folds the upsampling into the next conv);
-    it is kept for decoders that upsample before something other than a single conv.
+    SkipAutoencoder calls this only with `ops="plain"` (the other forms fold the upsampling into
+    the next conv).
 
     Forward: broadcast + reshape. Backward: the sum of the four strided corners of the 2x2
     blocks of the gradient, element-wise adds that XLA fuses into one loop on every backend. The
@@ -239,27 +288,34 @@ class SkipAutoencoder(nn.Module):
     """(B, H, W, 1) L/100 in [0, 1] -> (B, H, W, 2) tanh, the predicted ab/128.
 
     H and W must be divisible by 4 (two 2x2 poolings). `output_channels` > 2 turns the last
-    layer into per-pixel logits (no tanh), as the classification loss needs.
+    layer into per-pixel logits (no tanh), as the classification loss needs. `ops` picks how the
+    upsample-convs, the concatenation and the pooling are computed (see `OPS`); every choice has
+    the same parameters and computes the same function up to float rounding.
     """
 
     width: float = 1.0
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     output_channels: int = 2
+    ops: str = "phase"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         if x.shape[1] % 4 or x.shape[2] % 4:
             raise ValueError(f"SkipAutoencoder needs H and W divisible by 4, got {x.shape[1:3]}")
+        if self.ops not in OPS:
+            raise ValueError(f"config.model.ops={self.ops!r}: expected one of {list(OPS)}")
         block = lambda c, bn=True, name=None, up=False: ConvBlock(  # noqa: E731
-            scaled(c, self.width), bn, self.dtype, self.bn_axis_name, up, name=name
+            scaled(c, self.width), bn, self.dtype, self.bn_axis_name, up, self.ops, name=name
         )
+        pool = max_pool_2x2 if OPS[self.ops][2] == "elementwise" else (
+            lambda v: nn.max_pool(v, (2, 2), (2, 2)))
         inputs = x.astype(self.dtype)
         x = block(16, bn=False, name="enc16")(inputs, train)
         x = block(32, name="enc32")(x, train)
-        x = max_pool_2x2(x)
+        x = pool(x)
         x = block(64, name="enc64")(x, train)
-        x = max_pool_2x2(x)
+        x = pool(x)
         x = block(128, name="enc128")(x, train)
         x = block(256, name="enc256")(x, train)
         x = block(128, name="dec128", up=True)(x, train)  # = conv of upsample2x(x)
