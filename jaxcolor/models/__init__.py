@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 # stay float32. float16 is not offered: it needs loss scaling, bfloat16 does not.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The autoencoder's `ops` (see models/autoencoder.OPS) that 'auto' picks per backend: the fastest
-# measured there (benchmarks/RESULTS.md).
-AUTO_OPS = {"cpu": "phase"}
+# measured there (benchmarks/RESULTS.md: 'phase' on XLA:CPU and on an H100; no TPU measurement).
+AUTO_OPS = {"cpu": "phase", "gpu": "phase"}
 MODEL_NAMES = ("autoencoder", "resnet50_seed", "resnet50_unet")
 
 
