@@ -22,7 +22,7 @@ import grain
 from absl import flags
 import numpy as np
 
-from jaxcolor.data import sources, transforms
+from jaxcolor.data import shards, sources, transforms
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,14 @@ def per_process_batch(global_batch: int, process_count: int) -> int:
     return global_batch // process_count
 
 
+def skipped_at_prepare(data_config) -> int | None:
+    """Files that `prepare shards` could not read (from the manifest) for the shards source; None
+    for sources that read files at training time (those count their skips as they go)."""
+    if data_config.source != "shards":
+        return None
+    return int(shards.read_manifest(data_config.path)["skipped_count"])
+
+
 def shard_records(records: list, process_index: int, process_count: int) -> list:
     """This process's disjoint share of an evaluation split; together they cover it exactly."""
     return records[process_index::process_count]
@@ -116,6 +124,9 @@ def train_dataset(
     records = sources.records_for(data_config, data_config.train_split)
     if not records:
         raise ValueError(f"split {data_config.train_split!r} of {data_config.source!r} is empty")
+    if skipped_at_prepare(data_config):
+        log.warning("%d files of %s could not be read when its shards were prepared (listed in "
+                    "its manifest.json)", skipped_at_prepare(data_config), data_config.path)
     ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(None)
     ds = ds.random_map(
         lambda r, rng: transforms.load_example(r, rng, data_config, train=True), seed=seed

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from jaxcolor import color
+from jaxcolor.data import shards, sources
 
 BAD = "bad"  # key of the marker record that replaces an undecodable file
 
@@ -103,21 +104,46 @@ def to_model_arrays(rgb: np.ndarray) -> dict[str, np.ndarray]:
 
 def load_example(record: dict, rng: np.random.Generator, cfg, train: bool) -> dict:
     """One record -> model arrays, or a {BAD: path} marker if the file cannot be decoded."""
+    prepared = "shards" in record  # already cropped and resized by `prepare shards`
     try:
         if "crop_id" in record:  # sample source: random crops of a whole photo
             if not train:  # fixed crops: the same validation set at every evaluation
                 rng = np.random.default_rng([cfg.sample_eval_seed, record["crop_id"]])
             rgb = random_square_crop(_decoded_photo(record["path"]), rng)
+        elif prepared:
+            rgb = shards.load(record)
+        elif "tfds" in record:
+            rgb = image_array_to_rgb(sources.tfds_load(record))
         else:
             rgb = decode(record["path"])
     except Exception as exc:  # noqa: BLE001 - any undecodable file is skipped and counted
-        return {BAD: record["path"], "error": f"{type(exc).__name__}: {exc}"}
-    return transform_rgb(rgb, rng, cfg, train)
+        where = record.get("path") or f"{record.get('tfds')}[{record.get('index')}]"
+        return {BAD: where, "error": f"{type(exc).__name__}: {exc}"}
+    return transform_rgb(rgb, rng, cfg, train, prepared=prepared)
 
 
-def transform_rgb(rgb: np.ndarray, rng: np.random.Generator, cfg, train: bool) -> dict:
-    rgb = center_crop_or_pad(rgb, cfg.crop)
-    rgb = resize(rgb, cfg.image_size)
+def image_array_to_rgb(image: np.ndarray) -> np.ndarray:
+    """A decoded (H, W), (H, W, 1|3|4) image array (TFDS features) -> (H, W, 3) uint8."""
+    if image.ndim == 3 and image.shape[-1] == 3 and image.dtype == np.uint8:
+        return image
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.dtype != np.uint8:
+        hi = 65535.0 if image.max() > 255 else 255.0
+        image = np.clip(image.astype(np.float64) / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    mode = {2: "L", 3: "RGB"}.get(image.ndim) if image.ndim == 2 or image.shape[-1] == 3 else None
+    if image.ndim == 3 and image.shape[-1] == 4:
+        mode = "RGBA"
+    if mode is None:
+        raise ValueError(f"image array of shape {image.shape}: expected (H, W) or (H, W, 1|3|4)")
+    return np.asarray(to_rgb(Image.fromarray(image, mode)))
+
+
+def transform_rgb(rgb: np.ndarray, rng: np.random.Generator, cfg, train: bool,
+                  prepared: bool = False) -> dict:
+    if not prepared:
+        rgb = center_crop_or_pad(rgb, cfg.crop)
+        rgb = resize(rgb, cfg.image_size)
     if train and cfg.rotate_degrees > 0:
         rgb = rotate(rgb, rng.uniform(-cfg.rotate_degrees, cfg.rotate_degrees))
     if train and cfg.hflip and rng.random() < 0.5:
