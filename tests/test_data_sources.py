@@ -204,3 +204,31 @@ def test_tfds_source_reads_the_arrayrecord_layout(tmp_path):
     assert shapes == {(30 + i, 26, 3) for i in range(4)}
     with pytest.raises(ValueError, match="config.data.name"):
         sources.records_for(tiny_config(**{"data.source": "tfds"}).data, "train")
+
+
+def test_pipeline_lab_matches_the_shared_conversion():
+    from jaxcolor import color
+    from jaxcolor.data import transforms
+
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 9, 7, 3), dtype=np.uint8)
+    rgb[0, :3] = 0  # the linear branch of f near black
+    lab = color.rgb_to_lab(rgb.astype(np.float64) / 255.0)
+    out = transforms.to_model_arrays(rgb)
+    assert out["L"].dtype == np.float32 and out["ab"].shape == (2, 9, 7, 2)
+    np.testing.assert_allclose(out["L"][..., 0] * color.L_SCALE, lab[..., 0], atol=1e-4)
+    np.testing.assert_allclose(out["ab"] * color.AB_SCALE, lab[..., 1:], atol=1e-4)
+
+
+def test_windowed_rotation_equals_rotate_then_crop():
+    from jaxcolor.data import transforms
+
+    img = np.random.default_rng(1).integers(0, 256, (20, 17, 3), dtype=np.uint8)
+    for degrees in (11.0, -14.3, 2.5):
+        h, w = img.shape[:2]
+        theta = np.radians(abs(degrees))
+        ph = int(np.ceil((h * np.cos(theta) + w * np.sin(theta) - h) / 2)) + 1
+        pw = int(np.ceil((w * np.cos(theta) + h * np.sin(theta) - w) / 2)) + 1
+        padded = np.pad(img, ((ph, ph), (pw, pw), (0, 0)), mode="reflect")
+        whole = np.asarray(Image.fromarray(padded).rotate(degrees, resample=Image.BILINEAR))
+        np.testing.assert_array_equal(transforms.rotate(img, degrees),
+                                      whole[ph : ph + h, pw : pw + w])
