@@ -281,6 +281,8 @@ def main(argv=None):
         if args.stages:
             out = run_stages(args, crop, size)
             out["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+            if args.label:
+                out["label"] = args.label
             print(json.dumps(out), flush=True)
             continue
         prepared = prepare_source(args, crop, size)

@@ -235,8 +235,9 @@ def shards_main(argv) -> int:
 
 
 def tfds_convert_main(argv) -> int:
-    """TFDS's own converter (`tfds convert_format`), pointed at one dataset. Reading the TFRecord
-    input needs tensorflow installed for this one step; training then needs neither."""
+    """TFDS's own converter (`tfds convert_format`), pointed at one dataset. It needs tensorflow
+    (to read the TFRecords) and apache-beam (which the converter imports) for this one step;
+    training then needs neither."""
     p = argparse.ArgumentParser(
         prog="python -m jaxcolor.prepare tfds-convert",
         description="Convert a prepared TFDS dataset from TFRecord to ArrayRecord. Same as: "
@@ -250,19 +251,18 @@ def tfds_convert_main(argv) -> int:
     try:
         from tensorflow_datasets.scripts.cli import convert_format_utils
     except ImportError as exc:
-        raise SystemExit("tfds-convert needs tensorflow-datasets: pip install 'jaxcolor[tfds]' "
-                         f"({exc})") from exc
+        raise SystemExit(
+            f"tfds-convert runs TFDS's converter, which needs tensorflow-datasets, tensorflow "
+            f"(to read TFRecords) and apache-beam (imported by the converter even when it runs "
+            f"without Beam): pip install tensorflow-datasets tensorflow-cpu apache-beam. "
+            f"Missing: {exc}") from exc
     dataset_dir = os.path.join(os.path.expanduser(args.data_dir), args.name)
     if not os.path.isdir(dataset_dir):
         raise SystemExit(f"--data_dir/--name: {dataset_dir!r} is not a directory; expected a "
                          "prepared TFDS dataset there (NAME/VERSION/dataset_info.json)")
-    try:
-        convert_format_utils.convert_dataset(
-            out_dir=args.out_dir, out_file_format="array_record", dataset_dir=dataset_dir,
-            num_workers=args.workers)
-    except ModuleNotFoundError as exc:
-        raise SystemExit(f"reading TFRecord files needs tensorflow (pip install tensorflow-cpu) "
-                         f"for the conversion only: {exc}") from exc
+    convert_format_utils.convert_dataset(
+        out_dir=args.out_dir, out_file_format="array_record", dataset_dir=dataset_dir,
+        num_workers=args.workers)
     return 0
 
 

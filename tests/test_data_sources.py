@@ -86,6 +86,11 @@ def test_shards_training_stream_workers_state_and_mismatch(tmp_path):
     it2.set_state(state)
     for x, y in zip(expected, _take(it2, 3)):
         np.testing.assert_array_equal(x["ab"], y["ab"])
+    parts = [_take(iter(pipeline.train_dataset(cfg, 4, seed=0, process_index=i,
+                                                process_count=2)), 2) for i in range(2)]
+    for step, batch in enumerate(first):  # two processes' halves stack to the global batch
+        np.testing.assert_array_equal(
+            np.concatenate([parts[0][step]["ab"], parts[1][step]["ab"]]), batch["ab"])
     cfg.worker_count = 1  # a worker process opens its own reader and gives the same stream
     it3 = iter(pipeline.train_dataset(cfg, 4, seed=0))
     for x, y in zip(first + expected, _take(it3, 5)):
@@ -232,3 +237,13 @@ def test_windowed_rotation_equals_rotate_then_crop():
         whole = np.asarray(Image.fromarray(padded).rotate(degrees, resample=Image.BILINEAR))
         np.testing.assert_array_equal(transforms.rotate(img, degrees),
                                       whole[ph : ph + h, pw : pw + w])
+
+
+def test_prepare_dispatch_table(tmp_path, capsys):
+    assert set(prepare.COMMANDS) >= {"shards", "tfds-convert"}
+    assert prepare.main([]) == 2 and "expected a subcommand" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="not a directory|apache-beam|tensorflow"):
+        prepare.main(["tfds-convert", "--name", "none", "--data_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="folder:PATH"):
+        prepare.main(["shards", "--source", str(tmp_path), "--out", str(tmp_path / "o"),
+                      "--crop", "0", "--size", "8"])
