@@ -2,6 +2,8 @@
 
 Training: source -> shuffle(seed) -> repeat -> random_map(load + augment + LAB) -> this process's
 block of every global batch -> worker processes -> skip undecodable files (counted) -> batch.
+The shards source, which cannot hold undecodable files, batches inside the workers instead (the
+same rows in the same order, one inter-process transfer per batch rather than per example).
 The global order (and each example's augmentation, seeded by its global index) is the same on
 every process, and process i of P takes rows [i*B/P, (i+1)*B/P) of every global batch of B: so a
 global batch is the same whatever the number of processes, and each process decodes only its own

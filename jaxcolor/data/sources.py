@@ -167,7 +167,7 @@ def _tfds_source(name: str, data_dir: str, split: str, pid: int):
             f"TFDS dataset {name!r} in {data_dir!r} is not in ArrayRecord format, which "
             "tfds.data_source needs for random access. Convert it once with `python -m "
             f"jaxcolor.prepare tfds-convert --name {name} --data_dir {data_dir or 'DIR'}` "
-            "(TFDS's convert_format; reading TFRecords needs tensorflow for that step)"
+            "(TFDS's convert_format; that step alone needs tensorflow and apache-beam)"
         ) from exc
 
 
