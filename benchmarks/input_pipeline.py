@@ -9,11 +9,21 @@ batch, which includes starting the worker processes, is reported separately). No
 main process: read (file bytes), decode (PIL decode + EXIF transpose + RGB), crop, resize,
 rotate, flip, lab (RGB -> L, ab arrays), and batch (stacking --batch examples), as ms per example.
 
+`--source shards` reads ArrayRecord shards of the folder prepared for each crop:size setting
+(`--shards_dir`, default /tmp/jaxcolor_bench/shards_CROP_SIZE; written first with
+`jaxcolor.prepare` if missing, and that time reported as a `prepare` line). `--source tfds` reads
+a TFDS ArrayRecord dataset (`--tfds_dir`, default /tmp/jaxcolor_bench/tfds) holding the folder's
+JPEG files as they are (as TFDS's celeb_a stores them), written first if missing; its train split
+is `train[25%:]`, the same share as the folder's. Every pipeline line has `cpu_s`, the CPU time of
+this process and its worker processes over the timed batches, and `examples_per_cpu_s`.
+
 `--make_synthetic N` first writes N random-ish 178x218 JPEGs (CelebA's size) into --path, for
 machines without the photos.
 
     python benchmarks/input_pipeline.py --max_workers 2
     python benchmarks/input_pipeline.py --stages
+    python benchmarks/input_pipeline.py --source shards --max_workers 2
+    python benchmarks/input_pipeline.py --source tfds --max_workers 2
     python benchmarks/input_pipeline.py --path /tmp/synth --make_synthetic 2000 --max_workers 16 --workers 0,16
 """
 
@@ -47,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--make_synthetic", type=int, default=0, help="write N JPEGs into --path first")
     p.add_argument("--make_only", action="store_true", help="stop after --make_synthetic")
     p.add_argument("--label", default="")
+    p.add_argument("--source", choices=("folder", "shards", "tfds"), default="folder")
+    p.add_argument("--shards_dir", default="", help="default /tmp/jaxcolor_bench/shards_CROP_SIZE")
+    p.add_argument("--tfds_dir", default="/tmp/jaxcolor_bench/tfds", help="TFDS data_dir")
     return p.parse_args(argv)
 
 
@@ -70,18 +83,94 @@ def make_synthetic(folder: str, n: int, seed: int = 0) -> None:
         Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=90)
 
 
-def _config(path, crop, size, workers, buffer, rotate):
+def _config(path, crop, size, workers, buffer, rotate, source="folder", args=None):
     from jaxcolor.configs.default import get_config
 
     c = get_config()
-    c.data.source = "folder"
+    c.data.source = source
     c.data.path = path
     c.data.crop = crop
     c.data.image_size = size
     c.data.worker_count = workers
     c.data.worker_buffer_size = buffer
     c.data.rotate_degrees = rotate
+    if source == "shards":
+        c.data.path = _shards_dir(args, crop, size)
+    if source == "tfds":
+        c.data.name, c.data.data_dir = TFDS_NAME, args.tfds_dir
+        c.data.train_split = "train[25%:]"
     return c
+
+
+TFDS_NAME = "jaxcolor_bench_folder"
+
+
+def _shards_dir(args, crop, size):
+    return args.shards_dir or f"/tmp/jaxcolor_bench/shards_{crop}_{size}"
+
+
+def prepare_source(args, crop, size):
+    """Writes the shards or TFDS copy of --path if missing; a JSON line with the time it took."""
+    t = time.perf_counter()
+    if args.source == "shards":
+        from jaxcolor import prepare
+        from jaxcolor.data import shards
+
+        out = _shards_dir(args, crop, size)
+        if os.path.exists(os.path.join(out, shards.MANIFEST)):
+            return None
+        m = prepare.write_shards(f"folder:{args.path}", out, crop, size,
+                                 workers=os.cpu_count() or 1)
+        return {"mode": "prepare", "source": "shards", "out": out, "count": m["count"],
+                "bytes": m["bytes"], "seconds": time.perf_counter() - t}
+    if args.source == "tfds":
+        if os.path.isdir(os.path.join(args.tfds_dir, TFDS_NAME)):
+            return None
+        make_tfds(args.path, args.tfds_dir)
+        return {"mode": "prepare", "source": "tfds", "out": args.tfds_dir,
+                "seconds": time.perf_counter() - t}
+    return None
+
+
+def make_tfds(folder, data_dir):
+    """The folder's files, bytes unchanged, as a one-split TFDS dataset in ArrayRecord format."""
+    import tensorflow_datasets as tfds
+
+    from jaxcolor.data import sources
+
+    files = [os.path.join(folder, f) for f in sources.list_image_files(folder)]
+
+    class JaxcolorBenchFolder(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            image = tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")
+            return tfds.core.DatasetInfo(builder=self,
+                                         features=tfds.features.FeaturesDict({"image": image}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, path in enumerate(files):
+                with open(path, "rb") as f:
+                    yield i, {"image": f.read()}
+
+    JaxcolorBenchFolder(data_dir=data_dir, file_format="array_record").download_and_prepare()
+
+
+def _cpu_s():
+    """CPU seconds (user + system) of this process and its live children (grain's workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
 
 
 def _base(args, crop, size):
@@ -92,7 +181,7 @@ def _base(args, crop, size):
 def run_pipeline(args, crop, size, workers):
     from jaxcolor.data import pipeline
 
-    cfg = _config(args.path, crop, size, workers, args.buffer, args.rotate)
+    cfg = _config(args.path, crop, size, workers, args.buffer, args.rotate, args.source, args)
     t0 = time.perf_counter()
     ds = pipeline.train_dataset(cfg.data, args.batch, seed=0)
     it = iter(ds)
@@ -101,18 +190,21 @@ def run_pipeline(args, crop, size, workers):
     for _ in range(args.warmup_batches):
         batch = next(it)
     times = []
+    cpu0 = _cpu_s()
     t_all = time.perf_counter()
     for _ in range(args.batches):
         t = time.perf_counter()
         batch = next(it)
         times.append(time.perf_counter() - t)
     total = time.perf_counter() - t_all
+    cpu = _cpu_s() - cpu0
     shapes = {k: list(v.shape) for k, v in batch.items() if hasattr(v, "shape")}
     del it, ds
     out = _base(args, crop, size)
     out.update({
-        "mode": "pipeline", "worker_count": workers, "worker_buffer_size": args.buffer,
+        "mode": "pipeline", "source": args.source, "worker_count": workers, "worker_buffer_size": args.buffer,
         "batches": args.batches, "examples_per_s": args.batch * args.batches / total,
+        "cpu_s": cpu, "examples_per_cpu_s": args.batch * args.batches / max(cpu, 1e-9),
         "batch_s_median": statistics.median(times), "first_batch_s": first, "shapes": shapes,
     })
     return out
@@ -189,8 +281,13 @@ def main(argv=None):
         if args.stages:
             out = run_stages(args, crop, size)
             out["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+            if args.label:
+                out["label"] = args.label
             print(json.dumps(out), flush=True)
             continue
+        prepared = prepare_source(args, crop, size)
+        if prepared:
+            print(json.dumps(prepared), flush=True)
         for w in workers:
             out = run_pipeline(args, crop, size, w)
             out["loadavg"] = [round(x, 2) for x in os.getloadavg()]

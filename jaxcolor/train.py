@@ -191,6 +191,7 @@ def _run(config, workdir: str, should_stop) -> dict:
         config.data, config.batch_size, config.seed, jax.process_index(), jax.process_count()
     )
     iterator = iter(dataset)
+    skipped_at_prepare = pipeline.skipped_at_prepare(config.data)  # shards source, else None
     loop = {"best_val_loss": math.inf, "best_step": -1, "bad_evals": 0, "stopped_early": False}
     start = 0
     latest = manager.latest_step()
@@ -239,6 +240,8 @@ def _run(config, workdir: str, should_stop) -> dict:
         row["learning_rate"] = float(trainer.schedule(step))
         row["examples_per_s"] = (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
         row["skipped_files"] = skipped
+        if skipped_at_prepare is not None:
+            row["skipped_files_at_prepare"] = skipped_at_prepare
         logbook.write(step, row)
         progress.set_postfix(loss=f"{row['loss']:.4f}", ex_s=f"{row['examples_per_s']:.0f}")
         pending, last_time, last_step = [], now, step

@@ -68,6 +68,13 @@ def test_input_pipeline_benchmark(tmp_path):
                      "--batch", "4", "--stage_examples", "8")
     assert set(stages["ms_per_example"]) == {"read", "decode", "crop", "resize", "rotate", "flip",
                                              "lab", "batch"}
+    prepared, line = _run("input_pipeline.py", "--path", folder, "--settings", "20:16",
+                          "--workers", "0", "--batch", "4", "--batches", "2",
+                          "--warmup_batches", "0", "--source", "shards",
+                          "--shards_dir", str(tmp_path / "shards"))
+    assert prepared["mode"] == "prepare" and prepared["count"] == 16
+    assert line["source"] == "shards" and line["shapes"]["L"] == [4, 16, 16, 1]
+    assert line["examples_per_cpu_s"] > 0
 
 
 def test_input_pipeline_benchmark_skips_a_missing_folder(tmp_path):

@@ -13,8 +13,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "sample"  # sample | folder
-    c.data.path = ""  # folder source: the image directory (searched recursively)
+    c.data.source = "sample"  # sample | folder | shards | tfds
+    # folder: the image directory (searched recursively); shards: `prepare shards --out` directory
+    c.data.path = ""
+    c.data.name = ""  # tfds source: the TFDS dataset name, e.g. celeb_a
+    c.data.data_dir = ""  # tfds source: TFDS data_dir holding it prepared in ArrayRecord format
     c.data.train_split = "train"
     c.data.val_split = "validation"
     c.data.test_split = "test"

@@ -2,6 +2,8 @@
 
 Training: source -> shuffle(seed) -> repeat -> random_map(load + augment + LAB) -> this process's
 block of every global batch -> worker processes -> skip undecodable files (counted) -> batch.
+The shards source, which cannot hold undecodable files, batches inside the workers instead (the
+same rows in the same order, one inter-process transfer per batch rather than per example).
 The global order (and each example's augmentation, seeded by its global index) is the same on
 every process, and process i of P takes rows [i*B/P, (i+1)*B/P) of every global batch of B: so a
 global batch is the same whatever the number of processes, and each process decodes only its own
@@ -22,7 +24,7 @@ import grain
 from absl import flags
 import numpy as np
 
-from jaxcolor.data import sources, transforms
+from jaxcolor.data import shards, sources, transforms
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,14 @@ def per_process_batch(global_batch: int, process_count: int) -> int:
     return global_batch // process_count
 
 
+def skipped_at_prepare(data_config) -> int | None:
+    """Files that `prepare shards` could not read (from the manifest) for the shards source; None
+    for sources that read files at training time (those count their skips as they go)."""
+    if data_config.source != "shards":
+        return None
+    return int(shards.read_manifest(data_config.path)["skipped_count"])
+
+
 def shard_records(records: list, process_index: int, process_count: int) -> list:
     """This process's disjoint share of an evaluation split; together they cover it exactly."""
     return records[process_index::process_count]
@@ -116,12 +126,21 @@ def train_dataset(
     records = sources.records_for(data_config, data_config.train_split)
     if not records:
         raise ValueError(f"split {data_config.train_split!r} of {data_config.source!r} is empty")
+    if skipped_at_prepare(data_config):
+        log.warning("%d files of %s could not be read when its shards were prepared (listed in "
+                    "its manifest.json)", skipped_at_prepare(data_config), data_config.path)
     ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(None)
     ds = ds.random_map(
         lambda r, rng: transforms.load_example(r, rng, data_config, train=True), seed=seed
     )
     if process_count > 1:
         ds = _ProcessBlocks(ds, global_batch, process_index, process_count)
+    whole_batches = data_config.source == "shards"
+    if whole_batches:
+        # Shards hold no unreadable files (prepare dropped them), so nothing is skipped and the
+        # batches can be formed in the worker processes, from the same elements in the same
+        # order: one transfer per batch instead of one per example.
+        ds = ds.map(_check_readable).batch(share, drop_remainder=True).map(_no_skips)
     it = ds.to_iter_dataset()
     if data_config.worker_count > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; from Python, none given
@@ -132,7 +151,20 @@ def train_dataset(
                 per_worker_buffer_size=data_config.worker_buffer_size,
             )
         )
+    if whole_batches:
+        return it
     return _SkipBadDataset(it).batch(share, drop_remainder=True)
+
+
+def _check_readable(element: dict) -> dict:
+    if transforms.BAD in element:
+        raise OSError(f"unreadable shard record {element[transforms.BAD]}: {element['error']}")
+    return element
+
+
+def _no_skips(batch: dict) -> dict:
+    batch["skipped"] = np.zeros(batch["L"].shape[:1], np.int64)
+    return batch
 
 
 def eval_records(data_config, split: str) -> list[dict[str, Any]]:

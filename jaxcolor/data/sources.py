@@ -10,10 +10,13 @@ Split strings follow TFDS: a name (`train`, `validation`, `test`), a slice (`[:1
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 from typing import Any
+
+from jaxcolor.data import shards
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SPLIT_NAMES = ("train", "validation", "test")
@@ -101,22 +104,82 @@ def _celeba_partition(root: str) -> dict[str, str] | None:
     return None
 
 
-def folder_records(root: str, split: str) -> list[dict[str, Any]]:
-    """Records of one split of an image folder, in deterministic order."""
+def select_split(files: list[str], split: str, partition: dict[str, str] | None) -> list[str]:
+    """The files of one split, given the sorted listing and CelebA partition codes (or None).
+
+    Shared by the folder and shards sources, so a split string selects the same photos in both.
+    """
     name, start, stop = parse_split(split)
-    files = list_image_files(root)
     if name:
         if name not in SPLIT_NAMES:
             raise ValueError(f"split {split!r}: name must be one of {SPLIT_NAMES} or empty")
-        partition = _celeba_partition(root)
         if partition is not None:
             code = CELEBA_PARTITIONS[name]
             files = [f for f in files if partition.get(os.path.basename(f)) == code]
         else:
             _, s0, s1 = parse_split(DEFAULT_NAMED_SLICES[name])
             files = apply_slice(files, s0, s1)
-    files = apply_slice(files, start, stop)
-    return [{"path": os.path.join(root, f)} for f in files]
+    return apply_slice(files, start, stop)
+
+
+def folder_records(root: str, split: str) -> list[dict[str, Any]]:
+    """Records of one split of an image folder, in deterministic order."""
+    files = list_image_files(root)
+    partition = _celeba_partition(root) if parse_split(split)[0] else None
+    return [{"path": os.path.join(root, f)} for f in select_split(files, split, partition)]
+
+
+def shards_records(root: str, split: str, crop: int, image_size: int) -> list[dict[str, Any]]:
+    """Records of one split of a `prepare shards` directory: the same photos as the folder
+    source would select from the original folder, less those that could not be read."""
+    manifest = shards.read_manifest(root)
+    shards.check_matches(manifest, root, crop, image_size)
+    index = dict(manifest["files"])
+    names = select_split([name for name, _ in manifest["files"]], split, manifest["partition"])
+    return [{"shards": root, "index": index[n], "path": n} for n in names if index[n] is not None]
+
+
+def tfds_records(name: str, data_dir: str, split: str) -> list[dict[str, Any]]:
+    """Records of a prepared TFDS dataset split (TFDS's own split-string semantics)."""
+    source = tfds_source(name, data_dir, split)
+    key = {"tfds": name, "data_dir": data_dir, "split": split}
+    return [dict(key, index=i) for i in range(len(source))]
+
+
+def tfds_source(name: str, data_dir: str, split: str):
+    """`tfds.data_source` of the split, opened once per process: random access over ArrayRecord
+    files, no TensorFlow at training time."""
+    return _tfds_source(name, data_dir, split, os.getpid())
+
+
+@functools.lru_cache(maxsize=8)
+def _tfds_source(name: str, data_dir: str, split: str, pid: int):
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as exc:
+        raise ImportError(
+            "config.data.source='tfds' needs tensorflow-datasets: pip install 'jaxcolor[tfds]'"
+        ) from exc
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir or None)
+    except NotImplementedError as exc:  # raised for datasets prepared as TFRecord
+        raise ValueError(
+            f"TFDS dataset {name!r} in {data_dir!r} is not in ArrayRecord format, which "
+            "tfds.data_source needs for random access. Convert it once with `python -m "
+            f"jaxcolor.prepare tfds-convert --name {name} --data_dir {data_dir or 'DIR'}` "
+            "(TFDS's convert_format; that step alone needs tensorflow and apache-beam)"
+        ) from exc
+
+
+def tfds_load(record: dict[str, Any]):
+    """A TFDS record -> the example's 'image' feature as (H, W, C) uint8."""
+    source = tfds_source(record["tfds"], record["data_dir"], record["split"])
+    example = source[record["index"]]
+    if "image" not in example:
+        raise KeyError(
+            f"TFDS dataset {record['tfds']!r} has no 'image' feature (features: {sorted(example)})"
+        )
+    return example["image"]
 
 
 def sample_dir() -> str:
@@ -149,7 +212,18 @@ def records_for(data_config, split: str) -> list[dict[str, Any]]:
         if not data_config.path:
             raise ValueError("config.data.source='folder' needs config.data.path=DIR")
         return folder_records(data_config.path, split)
-    raise ValueError(f"config.data.source={source!r}: expected 'sample' or 'folder'")
+    if source == "shards":
+        if not data_config.path:
+            raise ValueError("config.data.source='shards' needs config.data.path=DIR (the --out "
+                             "directory of `python -m jaxcolor.prepare shards`)")
+        return shards_records(data_config.path, split, data_config.crop, data_config.image_size)
+    if source == "tfds":
+        if not data_config.name:
+            raise ValueError("config.data.source='tfds' needs config.data.name (e.g. celeb_a)")
+        return tfds_records(data_config.name, data_config.data_dir, split)
+    raise ValueError(
+        f"config.data.source={source!r}: expected 'sample', 'folder', 'shards' or 'tfds'"
+    )
 
 
 def digest(records: list[dict[str, Any]]) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from jaxcolor import color
+from jaxcolor.data import shards, sources
 
 BAD = "bad"  # key of the marker record that replaces an undecodable file
 
@@ -71,17 +72,28 @@ def resize(rgb: np.ndarray, size: int) -> np.ndarray:
 
 def rotate(rgb: np.ndarray, degrees: float) -> np.ndarray:
     """Bilinear rotation about the center, filling the corners by reflection (Keras'
-    RandomRotation default), done as reflect-pad, rotate, center crop."""
+    RandomRotation default), done as reflect-pad, then one affine warp that samples only the
+    centered output window: the same pixels as rotating the whole padded image and cropping it,
+    without computing the border that the crop would throw away."""
     if degrees == 0:
         return rgb
     h, w = rgb.shape[:2]
     theta = math.radians(abs(degrees))
     need_h = h * math.cos(theta) + w * math.sin(theta)
     need_w = w * math.cos(theta) + h * math.sin(theta)
-    ph, pw = int(math.ceil((need_h - h) / 2)) + 1, int(math.ceil((need_w - w) / 2)) + 1
+    ph, pw = math.ceil((need_h - h) / 2) + 1, math.ceil((need_w - w) / 2) + 1
     padded = np.pad(rgb, ((ph, ph), (pw, pw), (0, 0)), mode="reflect")
-    rotated = Image.fromarray(padded).rotate(degrees, resample=Image.BILINEAR)
-    return np.asarray(rotated)[ph : ph + h, pw : pw + w]
+    # PIL's Image.rotate matrix (output -> input) about the padded center, shifted by the crop.
+    cx, cy = (w + 2 * pw) / 2.0, (h + 2 * ph) / 2.0
+    t = -math.radians(degrees % 360.0)
+    a, b = round(math.cos(t), 15), round(math.sin(t), 15)
+    d, e = round(-math.sin(t), 15), round(math.cos(t), 15)
+    c = a * -cx + b * -cy + cx + a * pw + b * ph
+    f = d * -cx + e * -cy + cy + d * pw + e * ph
+    out = Image.fromarray(padded).transform(
+        (w, h), Image.Transform.AFFINE, (a, b, c, d, e, f), Image.BILINEAR
+    )
+    return np.asarray(out)
 
 
 def random_square_crop(rgb: np.ndarray, rng: np.random.Generator, lo=0.2, hi=0.6) -> np.ndarray:
@@ -92,32 +104,82 @@ def random_square_crop(rgb: np.ndarray, rng: np.random.Generator, lo=0.2, hi=0.6
     return rgb[top : top + side, left : left + side]
 
 
+# uint8 sRGB -> LAB, specialised for the pipeline (color.rgb_to_lab is the general, shared one):
+# a 256-entry table replaces the per-pixel pow of the sRGB decoding, the reference white is
+# folded into the matrix, and the channels stay planar. Agrees with color.rgb_to_lab to ~1e-6
+# (tests/test_data_sources.py) at 3-7x the speed; over a whole batch at once it was slower than
+# per example (the per-example arrays stay in cache; RESULTS.md, "Input pipeline at scale").
+_LINEAR = color._srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0, np).astype(np.float32)
+_XYZ_N = (color.XYZ_FROM_RGB / color.WHITE_D65[:, None]).astype(np.float32)
+_EPS, _KAPPA, _DELTA = (np.float32(v) for v in (color._EPSILON, color._KAPPA, color._DELTA))
+
+
+def _lab_f(t: np.ndarray) -> np.ndarray:
+    out = np.cbrt(t)
+    small = t <= _EPS
+    if small.any():
+        out[small] = _KAPPA * t[small] + _DELTA
+    return out
+
+
 def to_model_arrays(rgb: np.ndarray) -> dict[str, np.ndarray]:
-    """(H, W, 3) uint8 -> {'L': L/100 (H, W, 1), 'ab': ab/128 (H, W, 2)} float32."""
-    lab = color.rgb_to_lab(rgb.astype(np.float32) / 255.0)
-    return {
-        "L": lab[..., :1] / np.float32(color.L_SCALE),
-        "ab": lab[..., 1:] / np.float32(color.AB_SCALE),
-    }
+    """(..., H, W, 3) uint8 -> {'L': L/100 (..., 1), 'ab': ab/128 (..., 2)} float32."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8:
+        raise TypeError(f"to_model_arrays expects uint8 RGB, got {rgb.dtype}")
+    r, g, b = _LINEAR[rgb[..., 0]], _LINEAR[rgb[..., 1]], _LINEAR[rgb[..., 2]]
+    m = _XYZ_N
+    fx = _lab_f(m[0, 0] * r + m[0, 1] * g + m[0, 2] * b)
+    fy = _lab_f(m[1, 0] * r + m[1, 1] * g + m[1, 2] * b)
+    fz = _lab_f(m[2, 0] * r + m[2, 1] * g + m[2, 2] * b)
+    lightness = fy * np.float32(116.0 / color.L_SCALE) - np.float32(16.0 / color.L_SCALE)
+    ab = np.stack([(fx - fy) * np.float32(500.0 / color.AB_SCALE),
+                   (fy - fz) * np.float32(200.0 / color.AB_SCALE)], axis=-1)
+    return {"L": lightness[..., None], "ab": ab}
 
 
 def load_example(record: dict, rng: np.random.Generator, cfg, train: bool) -> dict:
     """One record -> model arrays, or a {BAD: path} marker if the file cannot be decoded."""
+    prepared = "shards" in record  # already cropped and resized by `prepare shards`
     try:
         if "crop_id" in record:  # sample source: random crops of a whole photo
             if not train:  # fixed crops: the same validation set at every evaluation
                 rng = np.random.default_rng([cfg.sample_eval_seed, record["crop_id"]])
             rgb = random_square_crop(_decoded_photo(record["path"]), rng)
+        elif prepared:
+            rgb = shards.load(record)
+        elif "tfds" in record:
+            rgb = image_array_to_rgb(sources.tfds_load(record))
         else:
             rgb = decode(record["path"])
     except Exception as exc:  # noqa: BLE001 - any undecodable file is skipped and counted
-        return {BAD: record["path"], "error": f"{type(exc).__name__}: {exc}"}
-    return transform_rgb(rgb, rng, cfg, train)
+        where = record.get("path") or f"{record.get('tfds')}[{record.get('index')}]"
+        return {BAD: where, "error": f"{type(exc).__name__}: {exc}"}
+    return transform_rgb(rgb, rng, cfg, train, prepared=prepared)
 
 
-def transform_rgb(rgb: np.ndarray, rng: np.random.Generator, cfg, train: bool) -> dict:
-    rgb = center_crop_or_pad(rgb, cfg.crop)
-    rgb = resize(rgb, cfg.image_size)
+def image_array_to_rgb(image: np.ndarray) -> np.ndarray:
+    """A decoded (H, W), (H, W, 1|3|4) image array (TFDS features) -> (H, W, 3) uint8."""
+    if image.ndim == 3 and image.shape[-1] == 3 and image.dtype == np.uint8:
+        return image
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.dtype != np.uint8:
+        hi = 65535.0 if image.max() > 255 else 255.0
+        image = np.clip(image.astype(np.float64) / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    mode = {2: "L", 3: "RGB"}.get(image.ndim) if image.ndim == 2 or image.shape[-1] == 3 else None
+    if image.ndim == 3 and image.shape[-1] == 4:
+        mode = "RGBA"
+    if mode is None:
+        raise ValueError(f"image array of shape {image.shape}: expected (H, W) or (H, W, 1|3|4)")
+    return np.asarray(to_rgb(Image.fromarray(image, mode)))
+
+
+def transform_rgb(rgb: np.ndarray, rng: np.random.Generator, cfg, train: bool,
+                  prepared: bool = False) -> dict:
+    if not prepared:
+        rgb = center_crop_or_pad(rgb, cfg.crop)
+        rgb = resize(rgb, cfg.image_size)
     if train and cfg.rotate_degrees > 0:
         rgb = rotate(rgb, rng.uniform(-cfg.rotate_degrees, cfg.rotate_degrees))
     if train and cfg.hflip and rng.random() < 0.5:
