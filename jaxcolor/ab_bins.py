@@ -176,14 +176,13 @@ def pool(x, stride: int):
 
 
 def decode_logits(logits, centers, temperature: float, output_stride: int = 1):
-    """(B, H, W, Q) logits -> (B, H, W, 2) ab/128 float32 by the annealed mean. With
-    `output_stride` s > 1 the logits are averaged over s x s blocks (one distribution per block),
-    decoded there and the ab upsampled bilinearly back to H x W."""
-    b, h, w, _ = logits.shape
-    pooled = pool(logits.astype(jnp.float32), output_stride)
-    ab = annealed_mean(pooled, centers, temperature) / color.AB_SCALE
+    """(B, h, w, Q) logits -> (B, h s, w s, 2) ab/128 float32 by the annealed mean, where s is the
+    model's `output_stride`: a reduced-resolution prediction is decoded there and its ab upsampled
+    bilinearly (ab is smooth; the full-resolution L carries the detail)."""
+    ab = annealed_mean(logits, centers, temperature) / color.AB_SCALE
     if output_stride > 1:
-        ab = jax.image.resize(ab, (b, h, w, 2), "bilinear")
+        b, h, w, _ = ab.shape
+        ab = jax.image.resize(ab, (b, h * output_stride, w * output_stride, 2), "bilinear")
     return ab
 
 

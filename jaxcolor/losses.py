@@ -73,19 +73,25 @@ CLASSIFICATION = "classification"
 
 
 def classification_loss(logits, target, weight=None, *, centers, bin_weights, neighbours=5,
-                        sigma=5.0, output_stride=1):
-    """Class-rebalanced cross-entropy of (B, H, W, Q) logits against soft-encoded ab/128 targets.
+                        sigma=5.0):
+    """Class-rebalanced cross-entropy of (B, h, w, Q) logits against soft-encoded ab/128 targets
+    (B, H, W, 2).
 
     Per pixel: the `neighbours` nearest bin centers of the true ab get Gaussian weights (`sigma`
     ab units), the cross-entropy with the predicted distribution is multiplied by the rebalancing
     weight of the nearest bin (`bin_weights`, E_prior[w] = 1), then averaged over pixels and the
-    examples that count. With `output_stride` s the logits and the target ab are first averaged
-    over s x s blocks (one prediction per block). Float32 throughout.
+    examples that count. A model with `output_stride` s predicts at h = H / s: the target ab is
+    then averaged over s x s blocks first (Zhang et al. downsampled the ground truth likewise).
+    Float32 throughout.
     """
     from jaxcolor import ab_bins, color
 
-    logits = ab_bins.pool(logits.astype(jnp.float32), output_stride)
-    ab = ab_bins.pool(target.astype(jnp.float32), output_stride) * color.AB_SCALE
+    logits = logits.astype(jnp.float32)
+    stride = target.shape[1] // logits.shape[1]
+    if stride * logits.shape[1] != target.shape[1] or stride * logits.shape[2] != target.shape[2]:
+        raise ValueError(f"logits {logits.shape[1:3]} are not the target {target.shape[1:3]} at "
+                         "an integer output_stride")
+    ab = ab_bins.pool(target.astype(jnp.float32), stride) * color.AB_SCALE
     shape, q = logits.shape[:-1], logits.shape[-1]
     z = logits.reshape(-1, q)
     # The barrier keeps XLA from fusing the target's top-k into the loss: fused, it ran 10-20x
@@ -125,17 +131,24 @@ def make_loss(loss_config, bin_weights=None) -> Callable:
                          f"{centers.shape[0]} ab bins: the prior was computed for other bins")
     return functools.partial(
         classification_loss, centers=jnp.asarray(centers), bin_weights=jnp.asarray(bin_weights),
-        neighbours=int(loss_config.neighbours), sigma=float(loss_config.sigma),
-        output_stride=int(loss_config.output_stride))
+        neighbours=int(loss_config.neighbours), sigma=float(loss_config.sigma))
 
 
-def output_channels(loss_config) -> int:
-    """What the model's last layer emits: 2 (tanh ab/128) or Q logits for classification."""
+def head(loss_config) -> dict[str, int]:
+    """The model's output layer for this loss, as `build_model` keywords: 2 tanh channels at
+    full resolution for regression; Q logits, at 1/`output_stride` resolution, for classification."""
+    stride = int(loss_config.get("output_stride", 1))
+    if stride < 1:
+        raise ValueError(f"config.loss.output_stride={stride}: expected 1 (full resolution) or more")
     if not is_classification(loss_config):
-        return 2
+        if stride != 1:
+            raise ValueError(f"config.loss.output_stride={stride}: only the classification loss "
+                             "predicts at a reduced resolution; expected 1")
+        return {"output_channels": 2, "output_stride": 1}
     from jaxcolor import ab_bins
 
-    return int(ab_bins.bins_for(loss_config).shape[0])
+    return {"output_channels": int(ab_bins.bins_for(loss_config).shape[0]),
+            "output_stride": stride}
 
 
 def make_decode(loss_config, temperature: float | None = None) -> Callable:

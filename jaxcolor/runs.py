@@ -167,8 +167,7 @@ def restore_variables(workdir: str, config, step: int, sharding=None) -> dict:
     """
     manager = _manager(workdir)
     sharding = sharding or parallel.replicated(parallel.make_mesh())
-    model = build_model(config.model, config.dtype,
-                        output_channels=losses.output_channels(config.loss))
+    model = build_model(config.model, config.dtype, **losses.head(config.loss))
     size = config.data.image_size
     shapes = jax.eval_shape(
         lambda rng: model.init(rng, jnp.zeros((1, size, size, 1), jnp.float32), train=False),
@@ -246,8 +245,7 @@ def load_run(workdir: str, step: int | None = None, overrides=(), sharding=None,
     config = _with_temperature(apply_overrides(read_config(workdir), overrides), temperature)
     chosen = select_step(workdir, step)
     variables = restore_variables(workdir, config, chosen, sharding)
-    model = build_model(config.model, config.dtype,
-                        output_channels=losses.output_channels(config.loss))
+    model = build_model(config.model, config.dtype, **losses.head(config.loss))
     return Run(workdir, config, chosen, model, variables, losses.make_decode(config.loss))
 
 

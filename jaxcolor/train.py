@@ -57,7 +57,7 @@ class Trainer:
         self.data = parallel.data_sharding(self.mesh)
         self.model = build_model(
             config.model, config.dtype, bn_axis_name=parallel.PMAP_AXIS if self.pmap else None,
-            output_channels=losses.output_channels(config.loss),
+            **losses.head(config.loss),
         )
         self.loss_fn = losses.make_loss(config.loss, bin_weights)
         self.decode = losses.make_decode(config.loss)
