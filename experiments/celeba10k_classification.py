@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from celeba10k import get_config as _celeba10k  # noqa: E402
+from celeba10k import get_config as _celeba10k
 
 
 def get_config():
