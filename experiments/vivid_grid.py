@@ -19,7 +19,7 @@ from jaxcolor.data import pipeline
 
 
 def parse_run(text: str):
-    name, _, rest = text.partition("=")
+    name, _, rest = text.rpartition("=")  # the last "=": a label may hold one, a path not
     rest, _, temperature = rest.partition(":")
     workdir, _, step = rest.partition("@")
     return name, workdir, int(step) if step else None, float(temperature) if temperature else None

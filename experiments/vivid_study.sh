@@ -37,6 +37,6 @@ for t in 0 1; do  # the classification run decoded at the mode and at the mean
   $PY -m jaxcolor.evaluate --workdir "$OUT/classification" --split test --step "$STEPS" \
     --data.eval_examples=0 --ab_prior "$PRIOR" --temperature "$t" | tee "$OUT/eval_classification_T$t.txt"
 done
-$PY experiments/vivid_grid.py experiments/vivid_grid.png --scale 2 \
+$PY experiments/vivid_grid.py experiments/vivid_grid.png --scale 1 \
   "reference=$OUT/reference@$STEPS" "L1=$OUT/l1@$STEPS" \
-  "classif. T=0.38=$OUT/classification@$STEPS" "classif. T=0=$OUT/classification@$STEPS:0"
+  "classif. T 0.38=$OUT/classification@$STEPS" "classif. T 0=$OUT/classification@$STEPS:0"
