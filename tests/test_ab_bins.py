@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 from jaxcolor import ab_bins, ab_prior, losses
 from jaxcolor.configs.default import get_config
@@ -97,7 +97,7 @@ def test_classification_loss_rewards_the_right_bins_and_ignores_padding():
     c.loss.name = "classification"
     q = losses.head(c.loss)["output_channels"]
     assert q == GAMUT_BINS_10
-    loss = losses.make_loss(c.loss, np.ones(q))
+    loss = jax.jit(losses.make_loss(c.loss, np.ones(q)))
     target = jnp.stack([jnp.full((4, 4, 2), 0.3), jnp.full((4, 4, 2), -0.2)])  # ab/128
     uniform = jnp.zeros((2, 4, 4, q))
     assert float(loss(uniform, target)) == pytest.approx(np.log(q), rel=1e-5)
@@ -144,8 +144,11 @@ def test_bins_file_is_loaded_and_checked(tmp_path):
         ab_bins.bins_for(c.loss)
 
 
+DEFAULT_CONFIG = os.path.join(ROOT, "jaxcolor", "configs", "default.py")
+
+
 def test_prior_command_writes_weights_with_unit_expectation(tmp_path):
-    code = ab_prior.main(["--config", "jaxcolor/configs/default.py", "--workdir", str(tmp_path),
+    code = ab_prior.main(["--config", DEFAULT_CONFIG, "--workdir", str(tmp_path),
                           "--config.loss.name=classification",
                           "--config.data.sample_train_examples=16",
                           "--config.data.image_size=16"])
@@ -154,7 +157,7 @@ def test_prior_command_writes_weights_with_unit_expectation(tmp_path):
     assert prior.weights.shape == (GAMUT_BINS_10,) and prior.pixels == 16 * 16 * 16
     assert prior.probs.sum() == pytest.approx(1.0, abs=1e-5)
     assert float(np.sum(prior.probs_smoothed * prior.weights)) == pytest.approx(1.0, abs=1e-4)
-    c = ab_prior.load_config("jaxcolor/configs/default.py", ["--config.loss.name=classification",
+    c = ab_prior.load_config(DEFAULT_CONFIG, ["--config.loss.name=classification",
                              "--config.data.sample_train_examples=16", "--config.data.image_size=16"])
     assert ab_prior.mismatch(prior, c) is None
     c.data.image_size = 32
