@@ -267,9 +267,14 @@ def parse_args(argv):
     parser.add_argument("--batch", type=int, default=16, help="pictures per model call")
     parser.add_argument("--step", type=int, default=None,
                         help="checkpoint step (default: the best by validation loss)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="classification runs: annealed-mean temperature T (0 = the mode, "
+                             "1 = the mean; default: the run's config.loss.temperature, 0.38)")
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error(f"--batch={args.batch}: expected a positive number")
+    if args.temperature is not None and args.temperature < 0:
+        parser.error(f"--temperature={args.temperature}: expected T >= 0")
     return args
 
 
@@ -284,7 +289,7 @@ def main(argv=None) -> int:
     try:
         jobs = plan_outputs(find_inputs(args.inputs), args.out)
         check_outputs(args.inputs, jobs, args.out, args.compare)
-        model = load_colorizer(args.workdir, args.step)
+        model = load_colorizer(args.workdir, args.step, args.temperature)
     except (UsageError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

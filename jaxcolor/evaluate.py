@@ -58,12 +58,14 @@ def eval_step(apply, variables, batch, prior=None):
 
 
 def evaluate(workdir: str, split: str = "validation", step: int | None = None, overrides=(),
-             ab_prior: str | None = None, write: bool = True, mesh=None) -> dict:
+             ab_prior: str | None = None, write: bool = True, mesh=None,
+             temperature: float | None = None) -> dict:
     """Evaluates the best (or given) checkpoint of `workdir` on `split`; returns the record
-    written to `RUN/eval_<split>_<step>.json`: {'model': {...}, 'gray': {...}, ...}."""
+    written to `RUN/eval_<split>_<step>.json`: {'model': {...}, 'gray': {...}, ...}.
+    `temperature` is the annealed-mean T of a classification run (default: its config's)."""
     mesh = parallel.make_mesh() if mesh is None else mesh
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    run = runs.load_run(workdir, step, overrides, sharding=repl)
+    run = runs.load_run(workdir, step, overrides, sharding=repl, temperature=temperature)
     config = run.config
     parallel.check_batch(config.batch_size, mesh)
     prior = metrics.load_ab_prior(ab_prior) if ab_prior else None
@@ -88,12 +90,15 @@ def evaluate(workdir: str, split: str = "validation", step: int | None = None, o
         "data_path": config.data.path if config.data.source == "folder" else "sample",
         "rgb_data_range": metrics.DATA_RANGE,
         "ab_prior": os.path.abspath(ab_prior) if ab_prior else None,
+        "loss": config.loss.name,
+        "temperature": float(config.loss.temperature) if config.loss.name == "classification"
+        else None,
         "model": metrics.summarize(host["model"]),
         "gray": metrics.summarize(host["gray"]),
     }
     result["count"] = result["model"]["count"]
     if write and jax.process_index() == 0:
-        with open(result_path(workdir, split, run.step), "w") as f:
+        with open(result_path(workdir, split, run.step, temperature), "w") as f:
             json.dump(result, f, indent=2)
     return result
 
@@ -113,9 +118,12 @@ def _records(config, spec: str, workdir: str):
         raise
 
 
-def result_path(workdir: str, split: str, step: int) -> str:
+def result_path(workdir: str, split: str, step: int, temperature: float | None = None) -> str:
+    """RUN/eval_<split>_<step>.json; with an explicit --temperature, eval_<split>_<step>_T<T>.json
+    (so decodings at several temperatures do not overwrite each other)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("_") or "split"
-    return os.path.join(workdir, f"eval_{safe}_{step}.json")
+    suffix = "" if temperature is None else f"_T{temperature:g}"
+    return os.path.join(workdir, f"eval_{safe}_{step}{suffix}.json")
 
 
 def format_table(result: dict) -> str:
@@ -135,6 +143,8 @@ def format_table(result: dict) -> str:
         f"(data range {result['rgb_data_range']}), true L + predicted ab; ab errors in LAB units; "
         f"AuC over ab thresholds 0..{metrics.AUC_MAX_THRESHOLD:.0f}; CF = colorfulness (0..255 "
         f"RGB; ground truth {result['model']['colorfulness_true']:.2f}); gray = a=b=0 baseline."
+        + (f" Classification decoded by the annealed mean at T = {result['temperature']:g}."
+           if result.get("temperature") is not None else "")
     )
     return "\n".join(lines)
 
@@ -153,7 +163,10 @@ def parse_args(argv):
                         help="checkpoint step (default: the best by validation loss)")
     parser.add_argument("--ab_prior", default=None,
                         help=".npz with ab_centers (Q,2) and probs (Q,): adds the "
-                             "class-rebalanced AuC")
+                             "class-rebalanced AuC (a run's RUN/data/ab_prior.npz is one)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="classification runs: annealed-mean temperature T (0 = the mode, "
+                             "1 = the mean; default: the run's config.loss.temperature, 0.38)")
     args, rest = parser.parse_known_args(argv)
     bad = [r for r in rest if not r.startswith("--data.")]
     if bad:
@@ -169,13 +182,14 @@ def main(argv=None) -> int:
 
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
-        result = evaluate(args.workdir, args.split, args.step, overrides, args.ab_prior)
+        result = evaluate(args.workdir, args.split, args.step, overrides, args.ab_prior,
+                          temperature=args.temperature)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:
         print(format_table(result))
-        print(f"wrote {result_path(args.workdir, args.split, result['step'])}")
+        print(f"wrote {result_path(args.workdir, args.split, result['step'], args.temperature)}")
     return 0
 
 

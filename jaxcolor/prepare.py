@@ -4,6 +4,8 @@
                   (the `shards` source), in parallel and resumably
     tfds-convert  convert a prepared TFDS dataset from TFRecord to ArrayRecord (what
                   `tfds.data_source`, hence the `tfds` source, needs)
+    ab-prior      count the training split's ab-bin prior and rebalancing weights for the
+                  classification loss (`jaxcolor.ab_prior`)
 
 Each subcommand is a function of its argument list, registered in `COMMANDS`; adding one is
 adding a function and a row.
@@ -268,9 +270,17 @@ def tfds_convert_main(argv) -> int:
 
 # ----------------------------------------------------------------------------- dispatch
 
+def ab_prior_main(argv) -> int:
+    """`prepare ab-prior`: see `jaxcolor.ab_prior` (imported here: it needs JAX, the rest not)."""
+    from jaxcolor import ab_prior
+
+    return ab_prior.main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "shards": shards_main,
     "tfds-convert": tfds_convert_main,
+    "ab-prior": ab_prior_main,
 }
 
 

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxcolor import parallel
+from jaxcolor import losses, parallel
 from jaxcolor.configs.default import get_config as default_config
 from jaxcolor.models import build_model
 
@@ -167,7 +167,7 @@ def restore_variables(workdir: str, config, step: int, sharding=None) -> dict:
     """
     manager = _manager(workdir)
     sharding = sharding or parallel.replicated(parallel.make_mesh())
-    model = build_model(config.model, config.dtype)
+    model = build_model(config.model, config.dtype, **losses.head(config.loss))
     size = config.data.image_size
     shapes = jax.eval_shape(
         lambda rng: model.init(rng, jnp.zeros((1, size, size, 1), jnp.float32), train=False),
@@ -210,26 +210,43 @@ def _check_stored_shapes(workdir: str, state_dir, expected: dict) -> None:
 
 
 class Run(NamedTuple):
-    """A restored run: workdir, config (overrides applied), checkpoint step, the Flax module and
-    its variables ({'params', 'batch_stats'})."""
+    """A restored run: workdir, config (overrides applied), checkpoint step, the Flax module,
+    its variables ({'params', 'batch_stats'}) and `decode`, model output -> ab/128 (the identity
+    for regression models, the annealed mean for classification models)."""
 
     workdir: str
     config: ml_collections.ConfigDict
     step: int
     model: Any
     variables: dict
+    decode: Callable = jnp.asarray  # replaced by load_run; see losses.make_decode
 
     def apply(self, variables, l_input):
         """Inference-mode forward pass: (B, S, S, 1) L/100 -> (B, S, S, 2) ab/128 float32."""
-        return self.model.apply(variables, l_input, train=False).astype(jnp.float32)
+        return self.decode(self.model.apply(variables, l_input, train=False))
 
 
-def load_run(workdir: str, step: int | None = None, overrides=(), sharding=None) -> Run:
-    """Config + the best (or given) checkpoint's variables, ready for evaluation."""
-    config = apply_overrides(read_config(workdir), overrides)
+def _with_temperature(config, temperature: float | None):
+    """`config` with `loss.temperature` replaced (the annealed-mean T of classification runs)."""
+    if temperature is None:
+        return config
+    if temperature < 0:
+        raise ValueError(f"--temperature={temperature}: expected T >= 0 (0 = the mode, 1 = the "
+                         "mean)")
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.loss.temperature = float(temperature)
+    return config
+
+
+def load_run(workdir: str, step: int | None = None, overrides=(), sharding=None,
+             temperature: float | None = None) -> Run:
+    """Config + the best (or given) checkpoint's variables, ready for evaluation. `temperature`
+    overrides the run's `loss.temperature` (classification runs only; ignored otherwise)."""
+    config = _with_temperature(apply_overrides(read_config(workdir), overrides), temperature)
     chosen = select_step(workdir, step)
     variables = restore_variables(workdir, config, chosen, sharding)
-    return Run(workdir, config, chosen, build_model(config.model, config.dtype), variables)
+    model = build_model(config.model, config.dtype, **losses.head(config.loss))
+    return Run(workdir, config, chosen, model, variables, losses.make_decode(config.loss))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,9 +273,14 @@ class Colorizer(NamedTuple):
     workdir: str | None = None
 
     @classmethod
-    def from_module(cls, module, variables, image_size: int, **info) -> "Colorizer":
+    def from_module(cls, module, variables, image_size: int, decode: Callable | None = None,
+                    **info) -> "Colorizer":
+        """`decode`: the module's output -> ab/128 (default: the output is ab/128 already;
+        `losses.make_decode(config.loss)` for a classification model)."""
+        decode = decode or (lambda out: out.astype(jnp.float32))
+
         def predict(variables, l_input):
-            return module.apply(variables, l_input, train=False).astype(jnp.float32)
+            return decode(module.apply(variables, l_input, train=False))
 
         return cls(jax.jit(predict), variables, int(image_size), **info)
 
@@ -267,9 +289,11 @@ class Colorizer(NamedTuple):
         return np.asarray(self.predict(self.variables, l_input))
 
 
-def load_colorizer(workdir: str, step: int | None = None) -> Colorizer:
-    """The best (or given) checkpoint of a run as a Colorizer on this host's first device."""
+def load_colorizer(workdir: str, step: int | None = None,
+                   temperature: float | None = None) -> Colorizer:
+    """The best (or given) checkpoint of a run as a Colorizer on this host's first device;
+    `temperature` overrides a classification run's annealed-mean T."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    run = load_run(workdir, step, sharding=device)
+    run = load_run(workdir, step, sharding=device, temperature=temperature)
     return Colorizer.from_module(run.model, run.variables, run.config.data.image_size,
-                                 step=run.step, workdir=workdir)
+                                 decode=run.decode, step=run.step, workdir=workdir)

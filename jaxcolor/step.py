@@ -72,11 +72,18 @@ def _mean(x, axis_name):
     return jax.lax.pmean(x, axis_name) if axis_name else x
 
 
-def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None = None):
+def _identity(pred):
+    return pred.astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None = None,
+               decode: Callable = _identity):
     """One optimizer step on `batch` = {'L': (B,H,W,1), 'ab': (B,H,W,2)}.
 
     Returns the new state and float32 scalar metrics. A non-finite loss or gradient is reported
-    in `metrics['finite']`; the caller decides whether to stop (see train.py).
+    in `metrics['finite']`; the caller decides whether to stop (see train.py). `decode` turns the
+    model's output into ab/128 for the ab metrics (the annealed mean of a classification model's
+    logits, `losses.make_decode`); the loss sees the raw output.
     """
     del rng  # the models are deterministic; kept so stochastic models need no new signature
 
@@ -92,7 +99,7 @@ def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None 
     (loss, (pred, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     grads = _mean(grads, axis_name)
     loss = _mean(loss, axis_name)
-    ab_mae = _mean(jnp.abs(pred.astype(jnp.float32) - batch["ab"]).mean(), axis_name)
+    ab_mae = _mean(jnp.abs(decode(pred) - batch["ab"]).mean(), axis_name)
     grad_norm = optax.global_norm(grads)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics = {
@@ -104,22 +111,23 @@ def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None 
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch, *, loss_fn, axis_name: str | None = None):
+def eval_step(state: TrainState, batch, *, loss_fn, axis_name: str | None = None,
+              decode: Callable = _identity):
     """Weighted sums over `batch` (weight 0 marks padding), to be added up over a split.
 
     Returns per-split sums: `count`, `loss`, `ab_abs` and `ab_sq` (LAB units, summed over pixels
     and both channels, divided per example by its pixel count) and the same for the gray baseline.
     """
-    pred = state.apply_fn(
+    out = state.apply_fn(
         {"params": state.params, "batch_stats": state.batch_stats}, batch["L"], train=False
-    ).astype(jnp.float32)
+    )
     w = batch["weight"]
-    err = (pred - batch["ab"]) * color.AB_SCALE
+    err = (decode(out) - batch["ab"]) * color.AB_SCALE
     gray = batch["ab"] * color.AB_SCALE
     per_example = lambda x: x.reshape(x.shape[0], -1).mean(axis=1)  # noqa: E731
     sums = {
         "count": w.sum(),
-        "loss": loss_fn(pred, batch["ab"], w) * w.sum(),
+        "loss": loss_fn(out, batch["ab"], w) * w.sum(),
         "ab_abs": (per_example(jnp.abs(err)) * w).sum(),
         "ab_sq": (per_example(err**2) * w).sum(),
         "gray_ab_abs": (per_example(jnp.abs(gray)) * w).sum(),
@@ -142,39 +150,39 @@ def summarize_eval(sums) -> dict[str, float]:
     }
 
 
-def predict(state: TrainState, l_input):
+def predict(state: TrainState, l_input, decode: Callable = _identity):
     """(B,H,W,1) L/100 -> (B,H,W,2) ab/128 in inference mode."""
-    return state.apply_fn(
+    return decode(state.apply_fn(
         {"params": state.params, "batch_stats": state.batch_stats}, l_input, train=False
-    ).astype(jnp.float32)
+    ))
 
 
-def compile_jit(loss_fn, state_sharding, data_sharding):
+def compile_jit(loss_fn, state_sharding, data_sharding, decode: Callable = _identity):
     """The jit path: state replicated, batch split on the mesh's data axis, state donated."""
     train = jax.jit(
-        functools.partial(train_step, loss_fn=loss_fn),
+        functools.partial(train_step, loss_fn=loss_fn, decode=decode),
         in_shardings=(state_sharding, data_sharding, state_sharding),
         out_shardings=(state_sharding, state_sharding),
         donate_argnums=0,
     )
     evaluate = jax.jit(
-        functools.partial(eval_step, loss_fn=loss_fn),
+        functools.partial(eval_step, loss_fn=loss_fn, decode=decode),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=state_sharding,
     )
     return train, evaluate
 
 
-def compile_pmap(loss_fn, axis_name: str):
+def compile_pmap(loss_fn, axis_name: str, decode: Callable = _identity):
     """The pmap path: the same step per device with pmean/psum over `axis_name`."""
     train = jax.pmap(
-        functools.partial(train_step, loss_fn=loss_fn, axis_name=axis_name),
+        functools.partial(train_step, loss_fn=loss_fn, axis_name=axis_name, decode=decode),
         axis_name=axis_name,
         in_axes=(0, 0, None),
         donate_argnums=0,
     )
     evaluate = jax.pmap(
-        functools.partial(eval_step, loss_fn=loss_fn, axis_name=axis_name),
+        functools.partial(eval_step, loss_fn=loss_fn, axis_name=axis_name, decode=decode),
         axis_name=axis_name,
     )
     return train, evaluate

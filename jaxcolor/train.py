@@ -26,7 +26,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jaxcolor import checkpoint, images, losses, parallel, step as step_lib
+from jaxcolor import ab_prior, checkpoint, images, losses, parallel, step as step_lib
 from jaxcolor.data import pipeline
 from jaxcolor.logbook import Logbook
 from jaxcolor.models import build_model, load_pretrained_weights, param_labels_fn
@@ -44,7 +44,9 @@ class NonFiniteError(FloatingPointError):
 class Trainer:
     """What one run holds: compiled steps, shardings and how to move batches and states."""
 
-    def __init__(self, config, mesh=None):
+    def __init__(self, config, mesh=None, bin_weights=None):
+        """`bin_weights`: the (Q,) rebalancing weights of the ab prior, for a classification loss
+        (`jaxcolor.ab_prior.ensure`)."""
         self.config = config
         parallel.check_batch(config.batch_size, mesh)
         self.pmap = config.parallel == "pmap"
@@ -54,9 +56,11 @@ class Trainer:
         self.repl = parallel.replicated(self.mesh)
         self.data = parallel.data_sharding(self.mesh)
         self.model = build_model(
-            config.model, config.dtype, bn_axis_name=parallel.PMAP_AXIS if self.pmap else None
+            config.model, config.dtype, bn_axis_name=parallel.PMAP_AXIS if self.pmap else None,
+            **losses.head(config.loss),
         )
-        self.loss_fn = losses.get_loss(config.loss.name)
+        self.loss_fn = losses.make_loss(config.loss, bin_weights)
+        self.decode = losses.make_decode(config.loss)
         self.tx, self.schedule = step_lib.make_optimizer(config.optimizer, config.num_steps)
         labels = param_labels_fn(config.model)
         if labels is not None:  # frozen layers get exactly zero updates: they stay bitwise as loaded
@@ -66,9 +70,11 @@ class Trainer:
             step_lib.create_state, self.model, self.tx, image_size=config.data.image_size
         )
         if self.pmap:
-            self.train_step, self.eval_step = step_lib.compile_pmap(self.loss_fn, parallel.PMAP_AXIS)
+            self.train_step, self.eval_step = step_lib.compile_pmap(
+                self.loss_fn, parallel.PMAP_AXIS, self.decode)
         else:
-            self.train_step, self.eval_step = step_lib.compile_jit(self.loss_fn, self.repl, self.data)
+            self.train_step, self.eval_step = step_lib.compile_jit(
+                self.loss_fn, self.repl, self.data, self.decode)
 
     def init_state(self, rng):
         """Global, replicated state: shapes first (no allocation), then a compiled init, then the
@@ -117,7 +123,8 @@ class Trainer:
         """Gray | prediction | truth grid on fixed validation images, on this process alone."""
         host_state = jax.tree.map(np.asarray, parallel.fetch(self.to_global_form(state)))
         n = int(preview_batch["weight"].sum())
-        pred = jax.jit(step_lib.predict)(host_state, preview_batch["L"][:n])
+        pred = jax.jit(functools.partial(step_lib.predict, decode=self.decode))(
+            host_state, preview_batch["L"][:n])
         return images.comparison_grid(
             preview_batch["L"][:n], np.asarray(pred), preview_batch["ab"][:n]
         )
@@ -174,7 +181,10 @@ def run(config, workdir: str, should_stop=None) -> dict:
 def _run(config, workdir: str, should_stop) -> dict:
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
-    trainer = Trainer(config)
+    bin_weights = None
+    if losses.is_classification(config.loss):  # before the model: its head has one logit per bin
+        bin_weights = ab_prior.ensure(config, workdir, progress=is_main, write=is_main).weights
+    trainer = Trainer(config, bin_weights=bin_weights)
     logbook = Logbook(workdir, enabled=is_main)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -42,7 +42,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.input_mode = "gray_rgb"  # ResNet50 colorizers: gray_rgb | l_repeat (reference)
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.name = "reference"  # reference | l1 | mse | huber
+    c.loss.name = "reference"  # reference | l1 | mse | huber | classification
+    # classification over ab bins (Zhang et al. 2016; see jaxcolor/ab_bins.py, jaxcolor/ab_prior.py)
+    c.loss.grid = 10.0  # ab bin size; the bins are those of this grid that sRGB colors reach
+    c.loss.bins = ""  # or a .npy of (Q, 2) bin centers in LAB units (e.g. Zhang et al.'s 313)
+    c.loss.rebalance_lambda = 0.5  # w ~ ((1 - lambda) p_smoothed + lambda / Q)^-1, E_p[w] = 1
+    c.loss.sigma = 5.0  # ab units: Gaussian of the soft encoding and of the prior smoothing
+    c.loss.neighbours = 5  # nearest bins that share a pixel's soft-encoded target
+    c.loss.temperature = 0.38  # annealed-mean decoding: 0 = the mode, 1 = the mean
+    c.loss.output_stride = 1  # > 1: one prediction per stride x stride block, upsampled
+    c.loss.prior = ""  # ab prior .npz; "" = WORKDIR/data/ab_prior.npz, computed if missing
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"

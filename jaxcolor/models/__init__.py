@@ -43,8 +43,9 @@ def autoencoder_ops(name: str) -> str:
 
 
 def build_model(model_config, dtype: str = "float32", bn_axis_name: str | None = None,
-                output_channels: int = 2):
-    """The Flax module named by `model_config.name`."""
+                output_channels: int = 2, output_stride: int = 1):
+    """The Flax module named by `model_config.name`; `output_channels` and `output_stride` make
+    its head a classifier (see `jaxcolor.losses.head`)."""
     name = model_config.name
     if name == "autoencoder":
         return SkipAutoencoder(
@@ -53,6 +54,7 @@ def build_model(model_config, dtype: str = "float32", bn_axis_name: str | None =
             bn_axis_name=bn_axis_name,
             output_channels=output_channels,
             ops=autoencoder_ops(model_config.get("ops", "auto")),
+            output_stride=output_stride,
         )
     if name in ("resnet50_seed", "resnet50_unet"):
         from jaxcolor.models import colorizers
@@ -64,6 +66,7 @@ def build_model(model_config, dtype: str = "float32", bn_axis_name: str | None =
             freeze=model_config.freeze,
             input_mode=model_config.input_mode,
             output_channels=output_channels,
+            output_stride=output_stride,
         )
     raise ValueError(f"config.model.name={name!r}: expected one of {list(MODEL_NAMES)}")
 

@@ -284,11 +284,24 @@ def _upsample_bwd(_, g):
 upsample2x.defvjp(_upsample_fwd, _upsample_bwd)
 
 
+def reduce_resolution(x, stride: int):
+    """Mean over stride x stride blocks of (B, H, W, C) (identity for stride 1): the input of a
+    reduced-resolution output layer."""
+    if stride == 1:
+        return x
+    if x.shape[1] % stride or x.shape[2] % stride:
+        raise ValueError(f"output_stride={stride}: the feature map {x.shape[1]}x{x.shape[2]} "
+                         "must be divisible by it")
+    return nn.avg_pool(x, (stride, stride), strides=(stride, stride))
+
+
 class SkipAutoencoder(nn.Module):
     """(B, H, W, 1) L/100 in [0, 1] -> (B, H, W, 2) tanh, the predicted ab/128.
 
     H and W must be divisible by 4 (two 2x2 poolings). `output_channels` > 2 turns the last
-    layer into per-pixel logits (no tanh), as the classification loss needs. `ops` picks how the
+    layer into per-pixel logits (no tanh), as the classification loss needs; `output_stride` s > 1
+    averages the last features over s x s blocks first, so the output (and the costly Q-channel
+    last conv) is at 1/s resolution, as Zhang et al. predicted at 1/4. `ops` picks how the
     upsample-convs, the concatenation and the pooling are computed (see `OPS`); every choice has
     the same parameters and computes the same function up to float rounding.
     """
@@ -298,6 +311,7 @@ class SkipAutoencoder(nn.Module):
     bn_axis_name: str | None = None
     output_channels: int = 2
     ops: str = "phase"
+    output_stride: int = 1
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -322,6 +336,7 @@ class SkipAutoencoder(nn.Module):
         x = block(64, name="dec64", up=True)(x, train)
         x = block(64, name="skip64")((x, inputs), train)  # = conv of concatenate([x, inputs])
         x = block(32, name="skip32")(x, train)
+        x = reduce_resolution(x, self.output_stride)
         x = nn.Conv(self.output_channels, (3, 3), padding="SAME", dtype=self.dtype, name="out")(x)
         x = x.astype(jnp.float32)
         return jnp.tanh(x) if self.output_channels == 2 else x

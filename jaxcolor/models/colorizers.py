@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcolor.color import gray_rgb_from_l
-from jaxcolor.models.autoencoder import ConvBlock, upsample2x
+from jaxcolor.models.autoencoder import ConvBlock, reduce_resolution, upsample2x
 from jaxcolor.models.keras_weights import load_pretrained
 from jaxcolor.models.resnet import STAGE_NAMES, ResNet50, preprocess_caffe, stage_of
 
@@ -90,6 +90,7 @@ class _ResNetColorizer(nn.Module):
     freeze: str = "none"
     input_mode: str = "gray_rgb"
     output_channels: int = 2  # 2 = tanh ab; more = per-pixel logits for a classification loss
+    output_stride: int = 1  # > 1: the output layer runs on features averaged over s x s blocks
 
     def _encode(self, x, taps: tuple[str, ...], train: bool):
         inputs = encoder_input(jnp.asarray(x, jnp.float32), self.input_mode)
@@ -107,6 +108,7 @@ class _ResNetColorizer(nn.Module):
         return ConvBlock(features, True, self.dtype, self.bn_axis_name, name=name)
 
     def _head(self, x):
+        x = reduce_resolution(x, self.output_stride)
         x = nn.Conv(self.output_channels, (3, 3), padding="SAME", dtype=self.dtype,
                     name="output_conv")(x).astype(jnp.float32)
         return jnp.tanh(x) if self.output_channels == 2 else x
