@@ -310,8 +310,9 @@ def format_markdown(summary: dict) -> str:
         f"Model metrics on split `{summary['split']}` ({', '.join(map(str, counts))} images per "
         f"member; evaluation overrides {summary['eval_overrides']}): mean ± standard deviation "
         "(ddof=1) over seeds, [95% confidence interval of the mean, Student t]. Train time: wall "
-        "seconds per member summed over its sessions (process start-up and compilation "
-        "included). Gray baseline (a=b=0) on the same images: "
+        "seconds per member, summed over its sessions, each from after model initialisation "
+        "to its end (compilation, validation and checkpoints included; process start-up and "
+        "the study's evaluation not). Gray baseline (a=b=0) on the same images: "
         + ", ".join(f"{k} {gray[k]['mean']:.3f}" for k in metrics if gray[k]["n"]) + ".",
     ]
     return "\n".join(lines) + "\n"
