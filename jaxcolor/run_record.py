@@ -44,8 +44,63 @@ HARMLESS_FIELDS = frozenset({
 })
 
 
+LOCK_FILE = "train.lock"
+
+
 class ConfigChangedError(ValueError):
     """The workdir's saved config differs from the one a new session was started with."""
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another live process is training in this workdir."""
+
+
+class WorkdirLock:
+    """An exclusive `flock` on `WORKDIR/train.lock` for the life of a session, so that two
+    processes never train into one workdir (say a rerun started while a preempted process is
+    still writing its last checkpoint). The kernel drops the lock when the process dies, even by
+    SIGKILL, so a stale file never blocks anything."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self._fd: int | None = None
+
+    def acquire(self, timeout: float = 0.0) -> WorkdirLock:
+        import fcntl
+        import time
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 100, 0).decode(errors="replace").strip()
+                    os.close(fd)
+                    raise WorkdirBusyError(
+                        f"{os.path.dirname(self.path)}: another process ({holder or 'unknown'}) "
+                        "is training in this workdir; wait for it to end or stop it") from None
+                time.sleep(0.5)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def held_elsewhere(self) -> bool:
+        """Whether some other process holds the lock now (without taking it)."""
+        try:
+            self.acquire()
+        except WorkdirBusyError:
+            return True
+        self.release()
+        return False
 
 
 def now() -> str:

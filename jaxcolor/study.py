@@ -186,6 +186,18 @@ class Runner:
             return "finished"
         if self.stopping.is_set():
             return "interrupted"
+        lock = run_record.WorkdirLock(member.workdir)
+        if os.path.isdir(member.workdir) and lock.held_elsewhere():
+            # e.g. a member of a killed runner still writing its last checkpoint
+            self.say(f"wait for {member.name}: another process still holds its workdir")
+            try:
+                lock.acquire(timeout=600).release()
+            except run_record.WorkdirBusyError as exc:
+                self.say(f"FAILED {member.name}: {exc}")
+                return f"failed ({exc})"
+            if member.finished():
+                self.say(f"skip {member.name}: finished by the other process")
+                return "finished"
         previous = member.record()
         step = (previous or {}).get("history", [{}])[-1].get("end_step") if previous else None
         self.say(f"run {member.name}" + (f" (resuming; last recorded step {step})"

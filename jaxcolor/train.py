@@ -47,7 +47,7 @@ from jaxcolor.models import build_model, load_pretrained_weights, param_labels_f
 log = logging.getLogger("jaxcolor")
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: checkpointed on a stop request; rerun to resume
-EXIT_CONFIG_CHANGED = 2  # the workdir holds a run with another config
+EXIT_CONFIG_CHANGED = 2  # the workdir holds a run with another config, or is in use
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 
 
@@ -210,6 +210,16 @@ def run(config, workdir: str, should_stop=None, allow_config_change: bool = Fals
 
 def _run(config, workdir: str, should_stop, allow_config_change=False, command=None) -> dict:
     os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    lock = run_record.WorkdirLock(workdir).acquire() if is_main else None
+    try:
+        return _locked_run(config, workdir, should_stop, allow_config_change, command)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _locked_run(config, workdir, should_stop, allow_config_change, command) -> dict:
     is_main = jax.process_index() == 0
     changes = run_record.check_config(workdir, config, allow_config_change)
     if changes:
@@ -410,7 +420,7 @@ def main(argv):
     try:
         summary = run(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change,
                       command=[sys.executable, "-m", "jaxcolor.train", *sys.argv[1:]])
-    except run_record.ConfigChangedError as exc:
+    except (run_record.ConfigChangedError, run_record.WorkdirBusyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG_CHANGED)
     if summary.get("interrupted"):

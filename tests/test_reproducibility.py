@@ -120,6 +120,16 @@ def test_a_changed_config_is_refused_with_the_differing_fields(reference):
     assert len(run_record.read(reference)["history"]) == 1
 
 
+def test_a_workdir_in_use_is_refused(tmp_path):
+    lock = run_record.WorkdirLock(str(tmp_path)).acquire()
+    try:
+        with pytest.raises(run_record.WorkdirBusyError, match=f"another process \\(pid {os.getpid()}"):
+            train.run(config(), str(tmp_path))
+    finally:
+        lock.release()
+    assert not run_record.WorkdirLock(str(tmp_path)).held_elsewhere()
+
+
 def test_incomplete_checkpoints_are_set_aside_and_training_continues(reference, tmp_path):
     """The reference run's checkpoints with the newest replaced by damaged ones: resuming takes
     the last complete step, sets the others aside, and ends bitwise equal, metrics included."""
