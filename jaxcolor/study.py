@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import ctypes
 import glob
 import importlib.util
 import json
@@ -144,16 +143,24 @@ class Member:
 # Running
 
 
-try:  # loaded here, not in the forked child, where only the prctl call itself runs
-    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
-except OSError:
-    _LIBC = None
+# Starts a member: asks the kernel for SIGTERM when the runner dies (Linux PR_SET_PDEATHSIG,
+# which survives exec), then execs the training command. Done in a small exec'd shim rather than a
+# `preexec_fn`, so no Python runs between fork and exec in the (multithreaded) runner.
+_SHIM = """import ctypes, os, signal, sys
+try:
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(75)  # the runner died before the request took effect
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
-def _die_with_parent():
-    """In the child: SIGTERM when the runner dies (even by SIGKILL), so the member checkpoints."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _with_parent_death_signal(cmd: list[str]) -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-c", _SHIM, str(os.getpid()), *cmd]
 
 
 class Runner:
@@ -211,8 +218,8 @@ class Runner:
             log.write(f"\n=== {run_record.now()} {' '.join(member.command())}\n")
             log.flush()
             with self.lock:
-                proc = subprocess.Popen(member.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+                proc = subprocess.Popen(_with_parent_death_signal(member.command()), stdout=log,
+                                        stderr=subprocess.STDOUT, env=env)
                 self.procs[member.name] = proc
             if self.stopping.is_set():
                 proc.send_signal(signal.SIGTERM)
