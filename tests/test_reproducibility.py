@@ -269,3 +269,11 @@ def test_sigterm_and_sigkill_at_random_moments_then_resume_bitwise(reference, tm
     assert history[0]["end_step"] == stopped == history[1]["start_step"]
     assert history[2]["start_step"] >= history[1]["start_step"]
     assert history[0]["command"] == cmd
+
+    # the command line refuses a changed config (exit 2) and names the field and the way out
+    changed = subprocess.run(cmd + ["--config.optimizer.learning_rate=0.002"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert changed.returncode == train.EXIT_CONFIG_CHANGED, changed.stderr[-3000:]
+    assert "optimizer.learning_rate: 0.001 -> 0.002" in changed.stderr
+    assert "--allow_config_change" in changed.stderr
+    assert len(run_record.read(workdir)["history"]) == 3
