@@ -277,3 +277,14 @@ def test_sigterm_and_sigkill_at_random_moments_then_resume_bitwise(reference, tm
     assert "optimizer.learning_rate: 0.001 -> 0.002" in changed.stderr
     assert "--allow_config_change" in changed.stderr
     assert len(run_record.read(workdir)["history"]) == 3
+
+
+def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
+    from jaxcolor.logbook import Logbook
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 5, "loss": 1.0}\n{"step": 10, "loss": 0.5}\n{"step": 15, "lo')
+    book = Logbook(str(tmp_path), enabled=False)
+    book.enabled = True  # (without opening TensorBoard files)
+    book.truncate_after(10)
+    assert path.read_text() == '{"step": 5, "loss": 1.0}\n{"step": 10, "loss": 0.5}\n'
