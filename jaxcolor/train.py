@@ -15,7 +15,8 @@ an error listing the fields, unless `--allow_config_change`.
 
 Stops: SIGTERM/SIGINT checkpoint the current step and exit with status 75 (`EXIT_INTERRUPTED`);
 a SIGKILL loses only the steps since the last completed checkpoint (orbax writes atomically and
-`checkpoint.restore_latest` sets incomplete step directories aside).
+`checkpoint.restore_latest` sets incomplete step directories aside). One process trains in a
+workdir at a time: process 0 holds an exclusive lock on `WORKDIR/train.lock` for the session.
 """
 
 from __future__ import annotations
