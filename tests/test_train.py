@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from jaxcolor import checkpoint, train
+from jaxcolor import checkpoint, run_record, train
 
 
 def saved_params(workdir, step=None):
@@ -104,3 +104,7 @@ def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path):
     c.optimizer.learning_rate = 1e38  # the first update overflows the parameters
     with pytest.raises(train.NonFiniteError, match=r"at step (3|4); last good checkpoint: 2"):
         train.run(c, str(tmp_path), allow_config_change=True)
+    record = run_record.read(str(tmp_path))
+    assert record["status"] == "failed" and "NonFiniteError" in record["history"][-1]["reason"]
+    assert record["history"][-1]["config_changes"] == [
+        {"field": "optimizer.learning_rate", "saved": 0.001, "new": 1e38}]
