@@ -24,7 +24,7 @@ class Logbook:
         if not self.enabled or not os.path.exists(self.path):
             return
         with open(self.path) as f:
-            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+            rows = [line for line in f if (row := _parse(line)) and row["step"] <= step]
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(rows)
@@ -47,6 +47,15 @@ class Logbook:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _parse(line: str) -> dict | None:
+    """A row, or None for a blank line or one torn by a kill mid-write (dropped on resume)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and "step" in row else None
 
 
 def _plain(value):

@@ -77,13 +77,16 @@ def _identity(pred):
 
 
 def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None = None,
-               decode: Callable = _identity):
+               decode: Callable = _identity, skip_nonfinite: bool = False):
     """One optimizer step on `batch` = {'L': (B,H,W,1), 'ab': (B,H,W,2)}.
 
     Returns the new state and float32 scalar metrics. A non-finite loss or gradient is reported
-    in `metrics['finite']`; the caller decides whether to stop (see train.py). `decode` turns the
-    model's output into ab/128 for the ab metrics (the annealed mean of a classification model's
-    logits, `losses.make_decode`); the loss sees the raw output.
+    in `metrics['finite']`; the caller decides whether to stop (see train.py). With
+    `skip_nonfinite`, such a step returns the old state unchanged (params, optimizer state,
+    BatchNorm statistics and step count, selected on device so it stays one compiled program);
+    without it the step is exactly the plain update. `decode` turns the model's output into
+    ab/128 for the ab metrics (the annealed mean of a classification model's logits,
+    `losses.make_decode`); the loss sees the raw output.
     """
     del rng  # the models are deterministic; kept so stochastic models need no new signature
 
@@ -102,12 +105,15 @@ def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None 
     ab_mae = _mean(jnp.abs(decode(pred) - batch["ab"]).mean(), axis_name)
     grad_norm = optax.global_norm(grads)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     metrics = {
         "loss": loss,
         "ab_mae": ab_mae * color.AB_SCALE,
         "grad_norm": grad_norm,
-        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+        "finite": finite,
     }
+    if skip_nonfinite:
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     return new_state, metrics
 
 
@@ -157,10 +163,12 @@ def predict(state: TrainState, l_input, decode: Callable = _identity):
     ))
 
 
-def compile_jit(loss_fn, state_sharding, data_sharding, decode: Callable = _identity):
+def compile_jit(loss_fn, state_sharding, data_sharding, decode: Callable = _identity,
+                skip_nonfinite: bool = False):
     """The jit path: state replicated, batch split on the mesh's data axis, state donated."""
     train = jax.jit(
-        functools.partial(train_step, loss_fn=loss_fn, decode=decode),
+        functools.partial(train_step, loss_fn=loss_fn, decode=decode,
+                          skip_nonfinite=skip_nonfinite),
         in_shardings=(state_sharding, data_sharding, state_sharding),
         out_shardings=(state_sharding, state_sharding),
         donate_argnums=0,
@@ -173,10 +181,12 @@ def compile_jit(loss_fn, state_sharding, data_sharding, decode: Callable = _iden
     return train, evaluate
 
 
-def compile_pmap(loss_fn, axis_name: str, decode: Callable = _identity):
+def compile_pmap(loss_fn, axis_name: str, decode: Callable = _identity,
+                 skip_nonfinite: bool = False):
     """The pmap path: the same step per device with pmean/psum over `axis_name`."""
     train = jax.pmap(
-        functools.partial(train_step, loss_fn=loss_fn, axis_name=axis_name, decode=decode),
+        functools.partial(train_step, loss_fn=loss_fn, axis_name=axis_name, decode=decode,
+                          skip_nonfinite=skip_nonfinite),
         axis_name=axis_name,
         in_axes=(0, 0, None),
         donate_argnums=0,

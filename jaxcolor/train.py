@@ -4,6 +4,19 @@ Trains a colorizer: a grain pipeline feeds a pure, compiled train step over ever
 process; orbax checkpoints the state and the data iterator together, so rerunning the same command
 resumes exactly where the last checkpoint left off. `run(config, workdir)` is the same thing as a
 Python function.
+
+Reproducibility: the workdir's `run.json` (see `jaxcolor.run_record`) records the config, command,
+versions, devices, git commit and dataset digest of every session. Parameters are initialised
+from `split(key(seed))[0]`, step `s` gets the key `fold_in(split(key(seed))[1], s)` and the data
+order is grain's shuffle seeded with `config.seed`, so the same config and seed on the same
+machine and device count give bitwise identical parameters and metrics (CPU; tested), resumed or
+not. Starting in a workdir whose `config.json` differs (outside `run_record.HARMLESS_FIELDS`) is
+an error listing the fields, unless `--allow_config_change`.
+
+Stops: SIGTERM/SIGINT checkpoint the current step and exit with status 75 (`EXIT_INTERRUPTED`);
+a SIGKILL loses only the steps since the last completed checkpoint (orbax writes atomically and
+`checkpoint.restore_latest` sets incomplete step directories aside). One process trains in a
+workdir at a time: process 0 holds an exclusive lock on `WORKDIR/train.lock` for the session.
 """
 
 from __future__ import annotations
@@ -26,7 +39,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jaxcolor import ab_prior, checkpoint, images, losses, parallel, step as step_lib
+from jaxcolor import ab_prior, checkpoint, images, losses, parallel, run_record
+from jaxcolor import step as step_lib
 from jaxcolor.data import pipeline
 from jaxcolor.logbook import Logbook
 from jaxcolor.models import build_model, load_pretrained_weights, param_labels_fn
@@ -34,6 +48,7 @@ from jaxcolor.models import build_model, load_pretrained_weights, param_labels_f
 log = logging.getLogger("jaxcolor")
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: checkpointed on a stop request; rerun to resume
+EXIT_CONFIG_CHANGED = 2  # the workdir holds a run with another config, or is in use
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 
 
@@ -69,12 +84,13 @@ class Trainer:
         self.init_fn = functools.partial(
             step_lib.create_state, self.model, self.tx, image_size=config.data.image_size
         )
+        skip = bool(config.get("skip_nonfinite", False))
         if self.pmap:
             self.train_step, self.eval_step = step_lib.compile_pmap(
-                self.loss_fn, parallel.PMAP_AXIS, self.decode)
+                self.loss_fn, parallel.PMAP_AXIS, self.decode, skip_nonfinite=skip)
         else:
             self.train_step, self.eval_step = step_lib.compile_jit(
-                self.loss_fn, self.repl, self.data, self.decode)
+                self.loss_fn, self.repl, self.data, self.decode, skip_nonfinite=skip)
 
     def init_state(self, rng):
         """Global, replicated state: shapes first (no allocation), then a compiled init, then the
@@ -161,26 +177,60 @@ class StopRequest:
         self.signal = signum
 
 
-def run(config, workdir: str, should_stop=None) -> dict:
+def init_key(seed: int):
+    """The key parameters are initialised from."""
+    # 'rbg' rather than the default threefry: XLA:CPU takes ~20 s to compile a threefry init of
+    # even a tiny model, against ~3 s for rbg; both are deterministic for a seed.
+    return jax.random.split(jax.random.key(seed, impl="rbg"))[0]
+
+
+def step_root(seed: int):
+    return jax.random.split(jax.random.key(seed, impl="rbg"))[1]
+
+
+def step_key(seed: int, step: int):
+    """The RNG key of train step `step`: `fold_in(step_root(seed), step)`, so it depends on
+    nothing but (seed, step) - not on where a run was resumed."""
+    return jax.random.fold_in(step_root(seed), step)
+
+
+def run(config, workdir: str, should_stop=None, allow_config_change: bool = False,
+        command=None) -> dict:
     """Trains (or resumes) in `workdir`; returns the final validation summary.
 
     `should_stop(step) -> bool` is asked after every step (default: whether SIGTERM or SIGINT
     arrived); when it says yes, the run checkpoints the current step, waits for the write to
     complete and returns with `summary["interrupted"] = True`. Rerunning resumes.
+    Raises `run_record.ConfigChangedError` when `workdir` holds a run with another config,
+    unless `allow_config_change`. `command` is recorded in run.json (default: sys.argv).
     """
     stop_request = None
     if should_stop is None:
         should_stop = stop_request = StopRequest().install()
     try:
-        return _run(config, workdir, should_stop)
+        return _run(config, workdir, should_stop, allow_config_change, command)
     finally:
         if stop_request is not None:
             stop_request.uninstall()
 
 
-def _run(config, workdir: str, should_stop) -> dict:
+def _run(config, workdir: str, should_stop, allow_config_change=False, command=None) -> dict:
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
+    lock = run_record.WorkdirLock(workdir).acquire() if is_main else None
+    try:
+        return _locked_run(config, workdir, should_stop, allow_config_change, command)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _locked_run(config, workdir, should_stop, allow_config_change, command) -> dict:
+    is_main = jax.process_index() == 0
+    changes = run_record.check_config(workdir, config, allow_config_change)
+    if changes:
+        log.warning("continuing %s with a changed config (--allow_config_change):\n%s", workdir,
+                    run_record.format_diff(changes))
     bin_weights = None
     if losses.is_classification(config.loss):  # before the model: its head has one logit per bin
         bin_weights = ab_prior.ensure(config, workdir, progress=is_main, write=is_main).weights
@@ -189,12 +239,9 @@ def _run(config, workdir: str, should_stop) -> dict:
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    record = run_record.RunRecord(workdir, enabled=is_main)
 
-    # 'rbg' rather than the default threefry: XLA:CPU takes ~20 s to compile a threefry init of
-    # even a tiny model, against ~3 s for rbg; both are deterministic for a seed.
-    root = jax.random.key(config.seed, impl="rbg")
-    init_rng, step_root = jax.random.split(root)
-    state, abstract = trainer.init_state(init_rng)
+    state, abstract = trainer.init_state(init_key(config.seed))
     manager = checkpoint.make_manager(workdir, config.keep)
 
     dataset = pipeline.train_dataset(
@@ -204,13 +251,31 @@ def _run(config, workdir: str, should_stop) -> dict:
     skipped_at_prepare = pipeline.skipped_at_prepare(config.data)  # shards source, else None
     loop = {"best_val_loss": math.inf, "best_step": -1, "bad_evals": 0, "stopped_early": False}
     start = 0
-    latest = manager.latest_step()
-    if latest is not None:
-        state, data_state, loop = checkpoint.restore(manager, latest, abstract)
+    restored = checkpoint.restore_latest(manager, abstract)
+    if restored is not None:
+        start, state, data_state, loop = restored
         iterator.set_state(data_state)
-        start = latest
         logbook.truncate_after(start)
         log.info("resumed from %s at step %d", manager.directory, start)
+    else:
+        logbook.truncate_after(0)  # rows of a session killed before its first checkpoint
+    record.start(config, start, changes, command)
+    try:
+        return _train(config, workdir, should_stop, trainer, logbook, record, manager, state,
+                      iterator, loop, start)
+    except BaseException as exc:
+        status = "failed"
+        if isinstance(exc, KeyboardInterrupt):
+            status = "interrupted"
+        record.end(status, None, f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+
+
+def _train(config, workdir, should_stop, trainer, logbook, record, manager, state, iterator,
+           loop, start) -> dict:
+    is_main = jax.process_index() == 0
+    root = step_root(config.seed)
+    skip_nonfinite = bool(config.get("skip_nonfinite", False))
     if start >= config.num_steps or loop.get("stopped_early"):
         log.info("nothing to do: the run in %s already ended at step %d", workdir, start)
 
@@ -240,7 +305,12 @@ def _run(config, workdir: str, should_stop) -> dict:
             return
         host = trainer.fetch([m for _, m in pending])
         bad = [s for (s, _), m in zip(pending, host) if not bool(m["finite"])]
-        if bad:
+        if bad and skip_nonfinite:
+            loop["skipped_updates"] = loop.get("skipped_updates", 0) + len(bad)
+            log.warning("non-finite loss or gradient at step(s) %s: update(s) skipped (%d so far)",
+                        bad, loop["skipped_updates"])
+            host = [m for (s, _), m in zip(pending, host) if bool(m["finite"])] or host
+        elif bad:
             raise NonFiniteError(
                 f"non-finite loss or gradient at step {bad[0]}; last good checkpoint: "
                 f"{manager.latest_step()} in {manager.directory}"
@@ -252,6 +322,8 @@ def _run(config, workdir: str, should_stop) -> dict:
         row["skipped_files"] = skipped
         if skipped_at_prepare is not None:
             row["skipped_files_at_prepare"] = skipped_at_prepare
+        if skip_nonfinite:
+            row["skipped_updates"] = loop.get("skipped_updates", 0)
         logbook.write(step, row)
         progress.set_postfix(loss=f"{row['loss']:.4f}", ex_s=f"{row['examples_per_s']:.0f}")
         pending, last_time, last_step = [], now, step
@@ -260,6 +332,7 @@ def _run(config, workdir: str, should_stop) -> dict:
         flush(step)
         checkpoint.save(manager, step, trainer.to_global_form(state), data_state,
                         dict(loop, skipped_files=skipped), val_loss)
+        record.progress(step)
 
     interrupted = False
     try:
@@ -267,7 +340,7 @@ def _run(config, workdir: str, should_stop) -> dict:
             if loop.get("stopped_early"):
                 break
             batch, data_state, skipped = next(batches)
-            state, metrics = trainer.train_step(state, batch, jax.random.fold_in(step_root, step))
+            state, metrics = trainer.train_step(state, batch, jax.random.fold_in(root, step))
             done = step + 1
             pending.append((done, metrics))
             progress.update(1)
@@ -309,6 +382,7 @@ def _run(config, workdir: str, should_stop) -> dict:
 
     state = trainer.to_global_form(state)
     if interrupted:
+        record.end("interrupted", manager.latest_step(), "stop request (SIGTERM/SIGINT or should_stop)")
         return {"interrupted": True, "step": int(manager.latest_step())}
     if last_eval is None:
         last_eval = trainer.evaluate(trainer.to_step_form(state), val_records)
@@ -317,9 +391,11 @@ def _run(config, workdir: str, should_stop) -> dict:
         images.save_png(grid, os.path.join(workdir, "preview.png"))
         summary = {"step": int(manager.latest_step() or 0), "interrupted": False, **last_eval,
                    "best_step": loop["best_step"], "best_val_loss": loop["best_val_loss"],
-                   "stopped_early": bool(loop["stopped_early"])}
+                   "stopped_early": bool(loop["stopped_early"]),
+                   "skipped_updates": int(loop.get("skipped_updates", 0))}
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
+        record.end("finished", manager.latest_step())
         print(
             f"validation ab error (mean |ab| error, LAB units) on {last_eval['count']} images: "
             f"model {last_eval['ab_mae']:.3f} vs gray baseline (a=b=0) "
@@ -342,6 +418,9 @@ flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, logs and imag
 flags.DEFINE_string("coordinator", "", "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
 flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Continue a run whose saved config.json differs from --config (the changes are "
+                  "recorded in run.json); without it that is an error listing the fields.")
 
 
 def main(argv):
@@ -350,7 +429,12 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and grain are chatty at INFO
     parallel.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-    summary = run(FLAGS.config, FLAGS.workdir)
+    try:
+        summary = run(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change,
+                      command=[sys.executable, "-m", "jaxcolor.train", *sys.argv[1:]])
+    except (run_record.ConfigChangedError, run_record.WorkdirBusyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_CHANGED)
     if summary.get("interrupted"):
         sys.exit(EXIT_INTERRUPTED)
 

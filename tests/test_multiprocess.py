@@ -59,9 +59,10 @@ def test_two_processes_match_one_process(tmp_path):
 def test_checkpoint_restores_on_fewer_devices(tmp_path):
     workdir = str(tmp_path / "elastic")
     for devices, steps in ((8, 4), (4, 8), (1, 12)):
+        # continuing with more steps is a config change: said explicitly (recorded in run.json)
         _launch(["local", "--workdir", workdir, *TINY, f"--config.num_steps={steps}",
-                 f"--config.eval_every={steps}", f"--config.checkpoint_every={steps}"],
-                devices=devices)
+                 f"--config.eval_every={steps}", f"--config.checkpoint_every={steps}",
+                 "--allow_config_change"], devices=devices)
         assert saved_params(workdir)[0] == steps
     # the same 12 steps on one device from the start give the same parameters
     _launch(["local", "--workdir", str(tmp_path / "straight"), *TINY, "--config.num_steps=12",

@@ -1,17 +1,15 @@
-"""End-to-end training on tiny shapes: loss falls, resume is bitwise, stop requests checkpoint."""
+"""End-to-end training on tiny shapes: loss falls, resume is bitwise, stop requests checkpoint.
+
+Real SIGTERM/SIGKILL of a training subprocess: tests/test_reproducibility.py."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
-from conftest import ROOT, tiny_config
-from jaxcolor import checkpoint, train
+from jaxcolor import checkpoint, run_record, train
 
 
 def saved_params(workdir, step=None):
@@ -96,35 +94,6 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):
         pipeline.per_process_batch(7, 2)
 
 
-def test_sigterm_checkpoints_and_rerun_resumes(tmp_path):
-    """A real `python -m jaxcolor.train` process, stopped by SIGTERM mid-run, then resumed."""
-    flags = ["--config.data.image_size=16", "--config.model.width=0.125", "--config.batch_size=8",
-             "--config.data.sample_train_examples=64", "--config.data.sample_eval_examples=8",
-             "--config.num_steps=400", "--config.log_every=2", "--config.eval_every=400",
-             "--config.checkpoint_every=400", "--config.num_preview_images=2"]
-    cmd = [sys.executable, "-m", "jaxcolor.train", "--workdir"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd + [str(tmp_path / "stopped")] + flags, cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    metrics = tmp_path / "stopped" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=120)[0].decode()
-    assert proc.returncode == train.EXIT_INTERRUPTED, out[-2000:]
-    step, _ = saved_params(tmp_path / "stopped")
-    assert 0 < step < 400
-    done = subprocess.run(cmd + [str(tmp_path / "stopped")] + flags, cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "gray baseline" in done.stdout
-    straight = subprocess.run(cmd + [str(tmp_path / "straight")] + flags, cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    assert_trees_equal(saved_params(tmp_path / "stopped")[1], saved_params(tmp_path / "straight")[1])
-
-
 def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path):
     c = tiny_config(num_steps=12, log_every=1, eval_every=100, checkpoint_every=2)
     c.optimizer.name = "sgd"
@@ -134,4 +103,8 @@ def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path):
     assert good["interrupted"]
     c.optimizer.learning_rate = 1e38  # the first update overflows the parameters
     with pytest.raises(train.NonFiniteError, match=r"at step (3|4); last good checkpoint: 2"):
-        train.run(c, str(tmp_path))
+        train.run(c, str(tmp_path), allow_config_change=True)
+    record = run_record.read(str(tmp_path))
+    assert record["status"] == "failed" and "NonFiniteError" in record["history"][-1]["reason"]
+    assert record["history"][-1]["config_changes"] == [
+        {"field": "optimizer.learning_rate", "saved": 0.001, "new": 1e38}]

@@ -11,6 +11,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # A non-finite loss or gradient stops the run (False), or that update is skipped - the state
+    # kept as it was - and counted in metrics.jsonl as `skipped_updates` (True).
+    c.skip_nonfinite = False
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "sample"  # sample | folder | shards | tfds

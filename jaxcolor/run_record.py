@@ -1,0 +1,321 @@
+"""`WORKDIR/run.json`: what a run was, so that its numbers can be explained and defended later.
+
+One file per workdir, rewritten atomically (temporary file + rename, so a kill never leaves half
+a record):
+
+- `config`, `seed`: the full resolved config of the latest session;
+- `dataset`: the source, its path, the number of image files and a digest of the sorted file list
+  (and, per split, its spec, size and record digest), so two machines can check they trained on
+  the same photos;
+- `status`: `running` | `finished` | `interrupted` (stop request, rerun to resume) | `failed`;
+  a session that never wrote its end (SIGKILL, power loss) is marked `killed` by the next one;
+- `start_time`, `end_time` (UTC ISO 8601) of the whole run;
+- `command`, `versions`, `devices`, `process_count`, `git`: those of the latest session;
+- `history`: one entry per session (each start of `python -m jaxcolor.train` in this workdir):
+  its start and end, the steps it covered, how it ended, its command line, versions, devices,
+  git commit and the config fields it changed (with `--allow_config_change`). Resuming appends.
+
+`config_diff` compares a saved `config.json` with a new config; `train` refuses to start when
+they differ in any field outside `HARMLESS_FIELDS` unless told `--allow_config_change`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from typing import Any
+
+RUN_JSON = "run.json"
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
+
+# Fields that change how a run is logged, checkpointed or fed, never the numbers it computes:
+# changing them on resume needs no --allow_config_change. Everything else does - including
+# `num_steps` (the cosine schedule depends on it) and `eval_every` (it moves the best checkpoint
+# and early stopping).
+HARMLESS_FIELDS = frozenset({
+    "log_every", "checkpoint_every", "keep", "prefetch", "num_preview_images",
+    "data.worker_count", "data.worker_buffer_size", "data.eval_threads",
+})
+
+
+LOCK_FILE = "train.lock"
+
+
+class ConfigChangedError(ValueError):
+    """The workdir's saved config differs from the one a new session was started with."""
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another live process is training in this workdir."""
+
+
+class WorkdirLock:
+    """An exclusive `flock` on `WORKDIR/train.lock` for the life of a session, so that two
+    processes never train into one workdir (say a rerun started while a preempted process is
+    still writing its last checkpoint). The kernel drops the lock when the process dies, even by
+    SIGKILL, so a stale file never blocks anything."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self._fd: int | None = None
+
+    def acquire(self, timeout: float = 0.0) -> WorkdirLock:
+        import fcntl
+        import time
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 100, 0).decode(errors="replace").strip()
+                    os.close(fd)
+                    raise WorkdirBusyError(
+                        f"{os.path.dirname(self.path)}: another process ({holder or 'unknown'}) "
+                        "is training in this workdir; wait for it to end or stop it") from None
+                time.sleep(0.5)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def held_elsewhere(self) -> bool:
+        """Whether some other process holds the lock now (without taking it)."""
+        try:
+            self.acquire()
+        except WorkdirBusyError:
+            return True
+        self.release()
+        return False
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------------------------------------
+# Config comparison
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_as_json(config) -> dict:
+    """The config as plain JSON values (tuples become lists), as config.json stores it."""
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def config_diff(saved: dict, new: dict, ignore=HARMLESS_FIELDS) -> list[tuple[str, Any, Any]]:
+    """[(dotted field, saved value, new value)] for every field that differs; a field one side
+    lacks shows as '<missing>'."""
+    a, b = _flatten(saved), _flatten(new)
+    missing = "<missing>"
+    return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k, missing) != b.get(k, missing)]
+
+
+def format_diff(diff) -> str:
+    return "\n".join(f"  {name}: {old!r} -> {new!r}" for name, old, new in diff)
+
+
+def check_config(workdir: str, config, allow_change: bool) -> list[tuple[str, Any, Any]]:
+    """Compares `WORKDIR/config.json` (if any) with `config`; raises ConfigChangedError listing
+    the differing fields unless `allow_change`. Returns the differences."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        saved = json.load(f)
+    diff = config_diff(saved, config_as_json(config))
+    if diff and not allow_change:
+        raise ConfigChangedError(
+            f"{workdir} holds a run with a different config ({path}); differing fields "
+            f"(saved -> new):\n{format_diff(diff)}\nUse another --workdir, or pass "
+            "--allow_config_change to continue this run with the new config.")
+    return diff
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
+
+
+def versions() -> dict[str, str | None]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def devices() -> dict:
+    import jax
+
+    devs = jax.devices()
+    return {"platform": devs[0].platform, "kind": devs[0].device_kind, "count": len(devs),
+            "local_count": jax.local_device_count()}
+
+
+def git_info(path: str | None = None) -> dict:
+    """{'commit', 'dirty'} of the checkout holding this package; nulls when it is not a git
+    checkout or git is missing (a run never fails for that)."""
+    path = path or os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], check=False,
+                                capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "-C", path, "status", "--porcelain",
+                                 "--untracked-files=no"], check=False, capture_output=True,
+                                text=True,
+                                timeout=10)
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+        return {"commit": commit.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def dataset_info(data_config) -> dict:
+    """Source, path, file count and a digest of the sorted file list, plus per-split sizes."""
+    from jaxcolor.data import sources
+
+    info: dict[str, Any] = {"source": data_config.source}
+    if data_config.source == "folder":
+        root = os.path.abspath(data_config.path)
+        files = sources.list_image_files(root)
+        info["path"] = root
+    else:
+        root = sources.sample_dir()
+        files = sorted({p for names in sources.SAMPLE_PHOTOS.values() for p in names})
+        info["path"] = root
+    info["num_files"] = len(files)
+    info["files_digest"] = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+    splits = {}
+    for name, field in (("train", "train_split"), ("validation", "val_split"),
+                        ("test", "test_split")):
+        spec = data_config[field]
+        try:
+            records = sources.records_for(data_config, spec)
+        except (ValueError, FileNotFoundError) as exc:
+            splits[name] = {"spec": spec, "error": str(exc)}
+            continue
+        splits[name] = {"spec": spec, "count": len(records), "digest": sources.digest(records)}
+    info["splits"] = splits
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# The record
+
+
+def read(workdir: str) -> dict | None:
+    path = os.path.join(workdir, RUN_JSON)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write(workdir: str, record: dict) -> None:
+    path = os.path.join(workdir, RUN_JSON)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(tmp, path)
+
+
+class RunRecord:
+    """Keeps `run.json` current during one session (only process 0 writes)."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.workdir = workdir
+        self.enabled = enabled
+        self.record: dict = {}
+
+    def start(self, config, start_step: int, config_changes=(), command=None) -> None:
+        if not self.enabled:
+            return
+        import jax
+
+        record = read(self.workdir) or {"start_time": now(), "history": []}
+        history = record.setdefault("history", [])
+        if history and history[-1].get("status") == "running":
+            history[-1]["status"] = "killed"  # it never wrote its end
+            history[-1]["reason"] = "the process ended without recording its end (SIGKILL?)"
+        session = {
+            "start_time": now(),
+            "end_time": None,
+            "start_step": int(start_step),
+            "end_step": int(start_step),
+            "status": "running",
+            "command": list(command if command is not None else sys.argv),
+            "cwd": os.getcwd(),
+            "host": platform.node(),
+            "versions": versions(),
+            "devices": devices(),
+            "process_count": jax.process_count(),
+            "git": git_info(),
+            "config_changes": [{"field": k, "saved": a, "new": b} for k, a, b in config_changes],
+        }
+        history.append(session)
+        record.update(
+            config=config_as_json(config), seed=int(config.seed), dataset=dataset_info(config.data),
+            status="running", end_time=None, command=session["command"],
+            versions=session["versions"], devices=session["devices"],
+            process_count=session["process_count"], git=session["git"],
+        )
+        self.record = record
+        write(self.workdir, record)
+
+    def progress(self, step: int) -> None:
+        """A checkpoint of `step` was written: a later kill still shows how far this got."""
+        if self.enabled and self.record:
+            self.record["history"][-1]["end_step"] = int(step)
+            write(self.workdir, self.record)
+
+    def end(self, status: str, step: int | None, reason: str | None = None) -> None:
+        if not self.enabled or not self.record:
+            return
+        session = self.record["history"][-1]
+        session.update(status=status, end_time=now())
+        if step is not None:
+            session["end_step"] = int(step)
+        if reason:
+            session["reason"] = reason
+        self.record.update(status=status, end_time=session["end_time"])
+        self.record["train_seconds"] = train_seconds(self.record)
+        write(self.workdir, self.record)
+
+
+def train_seconds(record: dict) -> float:
+    """Wall time summed over the sessions that recorded their end."""
+    total = 0.0
+    for s in record.get("history", []):
+        if s.get("start_time") and s.get("end_time"):
+            total += (datetime.datetime.fromisoformat(s["end_time"])
+                      - datetime.datetime.fromisoformat(s["start_time"])).total_seconds()
+    return total
