@@ -248,7 +248,6 @@ def _locked_run(config, workdir, should_stop, allow_config_change, command) -> d
         config.data, config.batch_size, config.seed, jax.process_index(), jax.process_count()
     )
     iterator = iter(dataset)
-    skipped_at_prepare = pipeline.skipped_at_prepare(config.data)  # shards source, else None
     loop = {"best_val_loss": math.inf, "best_step": -1, "bad_evals": 0, "stopped_early": False}
     start = 0
     restored = checkpoint.restore_latest(manager, abstract)
@@ -276,6 +275,7 @@ def _train(config, workdir, should_stop, trainer, logbook, record, manager, stat
     is_main = jax.process_index() == 0
     root = step_root(config.seed)
     skip_nonfinite = bool(config.get("skip_nonfinite", False))
+    skipped_at_prepare = pipeline.skipped_at_prepare(config.data)  # shards source, else None
     if start >= config.num_steps or loop.get("stopped_early"):
         log.info("nothing to do: the run in %s already ended at step %d", workdir, start)
 
