@@ -71,9 +71,11 @@ def _assert_close(a, b, rtol, atol):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol), a, b)
 
 
-@pytest.mark.parametrize("ops", sorted(ae.OPS))
-def test_parameter_tree_and_initial_values_are_unchanged(ops):
-    x = jnp.zeros((1, 128, 128, 1))
+# The parameters do not depend on the image size: the reference's counts at 128x128 for the
+# default ops, a small input for the other formulations.
+@pytest.mark.parametrize("ops,size", [("phase", 128), ("dilated", 16), ("plain", 16)])
+def test_parameter_tree_and_initial_values_are_unchanged(ops, size):
+    x = jnp.zeros((1, size, size, 1))
     new = ae.SkipAutoencoder(ops=ops).init(jax.random.key(0), x)
     ref = ReferenceAutoencoder().init(jax.random.key(0), x)
     assert _shapes(new) == _shapes(ref)
