@@ -3,7 +3,7 @@ on the 10,000 shared CelebA photos (`celeba10k.py`'s data recipe: crop 75 -> 64x
 
     python -m jaxcolor.study experiments/study_seed_models.py --workdir studies/seed_models
 
-Sized for a loaded 2-core CPU (the whole study in about 25 minutes): 40 steps of batch 16 per
+Sized for a 2-core CPU (the whole study in about 30 minutes): 200 steps of batch 16 per
 member, evaluated on the first 256 photos of the test split. That is far from convergence - it
 measures the machinery and the seed-to-seed spread at this budget, not the models' final quality.
 No ImageNet weights are available offline, so the ResNet50 colorizer starts from random weights
@@ -12,12 +12,12 @@ notop .h5 for the real comparison.
 """
 
 SHORT = {
-    "num_steps": 40,
+    "num_steps": 200,
     "batch_size": 16,
     "optimizer.warmup_steps": 0,
-    "eval_every": 40,
-    "checkpoint_every": 10,
-    "log_every": 10,
+    "eval_every": 100,
+    "checkpoint_every": 50,
+    "log_every": 20,
     "patience": 0,
     "data.eval_examples": 128,  # training's validation pass
     "data.worker_count": 0,
