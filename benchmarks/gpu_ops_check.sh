@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # GPU check of the autoencoder's op formulations (jaxcolor.models.autoencoder.OPS) for the device
-# tool: `benchmarks/train_step.py` for ops = phase | dilated | plain at 128x128 in bfloat16, the
-# runs compiling concurrently (compile is CPU work: 16 cores) and timing one at a time
-# (--measure_lock), each with a 3-step Perfetto trace of its device kernels; then the fastest at a
-# larger batch and in float32. JSON lines in $OUT/gpu_ops.jsonl, traces in $OUT/trace_<label>/.
+# tool: `benchmarks/train_step.py` for ops = phase | dilated | plain at 128x128 in bfloat16, one
+# run at a time, each with a 3-step Perfetto trace of its device kernels (summarised by
+# trace_summary.py); then the fastest at a larger batch and in float32. JSON lines in
+# $OUT/gpu_ops.jsonl, traces in $OUT/trace_<label>/. Runs must not overlap on one GPU: a first
+# version compiled them concurrently, and the others' cuDNN autotuning disturbed both the timed
+# steps and each run's own autotuning (benchmarks/RESULTS.md).
 #
 #   OUT=/tmp/out bash benchmarks/gpu_ops_check.sh
 set -u
@@ -14,25 +16,17 @@ RESULTS="$OUT/gpu_ops.jsonl"
 : > "$RESULTS"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-# Several processes share the GPU: allocate on demand instead of 75% up front each.
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-LOCK="$OUT/.measure.lock"
-TS="$PY benchmarks/train_step.py --model autoencoder --size 128 --no_cpu_flags --measure_lock $LOCK"
+TS="$PY benchmarks/train_step.py --model autoencoder --size 128 --no_cpu_flags"
 START=$(date +%s)
 
-wave() {  # wave LIMIT_S "label|args" ...: run all at once, each capped, wait for all
+wave() {  # wave LIMIT_S "label|args" ...: run each in turn, capped
   local limit=$1; shift
-  local pids=()
   for spec in "$@"; do
     local label=${spec%%|*} args=${spec#*|}
-    ( timeout "$limit" $TS $args --label "$label" --profile_dir "$OUT/trace_$label" \
+    timeout "$limit" $TS $args --label "$label" --profile_dir "$OUT/trace_$label" \
         > "$OUT/$label.out" 2> "$OUT/$label.err"
-      echo "rc=$? label=$label elapsed=$(( $(date +%s) - START ))s" >> "$OUT/rc.txt" ) &
-    pids+=($!)
-  done
-  wait "${pids[@]}"
-  for spec in "$@"; do
-    local label=${spec%%|*}
+    echo "rc=$? label=$label elapsed=$(( $(date +%s) - START ))s" >> "$OUT/rc.txt"
+    "$PY" benchmarks/trace_summary.py "$OUT/trace_$label" --top 40 > "$OUT/summary_$label.json" 2>&1
     grep '^{' "$OUT/$label.out" >> "$RESULTS" || echo "{\"label\": \"$label\", \"error\": \"no result\"}" >> "$RESULTS"
   done
 }
@@ -40,7 +34,7 @@ wave() {  # wave LIMIT_S "label|args" ...: run all at once, each capped, wait fo
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 "$PY" -c 'import jax, flax; print(jax.__version__, flax.__version__, jax.devices())' >> "$OUT/gpu.txt" 2>&1
 BF="--dtype bfloat16 --peak_tflops 989 --steps 30 --warmup 3"
-wave 200 "phase_bf16_b512|--ops phase $BF --batch 512" \
+wave 150 "phase_bf16_b512|--ops phase $BF --batch 512" \
          "dilated_bf16_b512|--ops dilated $BF --batch 512" \
          "plain_bf16_b512|--ops plain $BF --batch 512"
 echo "wave 1 done at $(( $(date +%s) - START ))s" >> "$OUT/rc.txt"
@@ -56,3 +50,5 @@ wave 200 "${BEST}_bf16_b1024|--ops $BEST $BF --batch 1024" \
 echo "all done at $(( $(date +%s) - START ))s" >> "$OUT/rc.txt"
 cat "$OUT/rc.txt"
 cut -c1-400 "$RESULTS"
+# The device tool brings back only a few files: one archive of the results and summaries.
+tar czf "$OUT/gpu_ops.tgz" -C "$OUT" gpu_ops.jsonl rc.txt gpu.txt $(cd "$OUT" && ls summary_*.json *.err 2>/dev/null)

@@ -178,6 +178,24 @@ def _base(args, crop, size):
             "rotate_degrees": args.rotate, "cpu_count": os.cpu_count()}
 
 
+def time_batches(it, t0, warmup_batches, batches, cpu_s):
+    """Time an input pipeline's iterator the same way for every framework (this script and
+    tfdata_pipeline.py): the first batch from `t0` (start-up included), then `warmup_batches`
+    untimed, then `batches` timed one by one. Returns (last batch, first-batch seconds, per-batch
+    seconds, total seconds, CPU seconds by `cpu_s()` over the timed batches)."""
+    batch = next(it)
+    first = time.perf_counter() - t0
+    for _ in range(warmup_batches):
+        batch = next(it)
+    times = []
+    cpu0, t_all = cpu_s(), time.perf_counter()
+    for _ in range(batches):
+        t = time.perf_counter()
+        batch = next(it)
+        times.append(time.perf_counter() - t)
+    return batch, first, times, time.perf_counter() - t_all, cpu_s() - cpu0
+
+
 def run_pipeline(args, crop, size, workers):
     from jaxcolor.data import pipeline
 
@@ -185,19 +203,7 @@ def run_pipeline(args, crop, size, workers):
     t0 = time.perf_counter()
     ds = pipeline.train_dataset(cfg.data, args.batch, seed=0)
     it = iter(ds)
-    batch = next(it)
-    first = time.perf_counter() - t0
-    for _ in range(args.warmup_batches):
-        batch = next(it)
-    times = []
-    cpu0 = _cpu_s()
-    t_all = time.perf_counter()
-    for _ in range(args.batches):
-        t = time.perf_counter()
-        batch = next(it)
-        times.append(time.perf_counter() - t)
-    total = time.perf_counter() - t_all
-    cpu = _cpu_s() - cpu0
+    batch, first, times, total, cpu = time_batches(it, t0, args.warmup_batches, args.batches, _cpu_s)
     shapes = {k: list(v.shape) for k, v in batch.items() if hasattr(v, "shape")}
     del it, ds
     out = _base(args, crop, size)

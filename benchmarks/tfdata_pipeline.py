@@ -22,10 +22,14 @@ import math
 import os
 import resource
 import statistics
+import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from input_pipeline import time_batches  # noqa: E402  (stdlib-only at import: no jaxcolor, no JAX)
+
 DEFAULT_PATH = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "celeba-10k", "img_align_celeba"))
 
 # jaxcolor.color's constants (sRGB D65, skimage's rounding), repeated to keep this script free of
@@ -107,18 +111,8 @@ def main(argv=None):
         for parallel in (int(v) for v in args.parallel.split(",")):
             t0 = time.perf_counter()
             it = iter(make_dataset(tf, files, crop, size, args.batch, args.rotate, parallel))
-            batch = next(it)
-            first = time.perf_counter() - t0
-            for _ in range(args.warmup_batches):
-                batch = next(it)
-            times = []
-            cpu0, t_all = _cpu_s(), time.perf_counter()
-            for _ in range(args.batches):
-                t = time.perf_counter()
-                batch = next(it)
-                times.append(time.perf_counter() - t)
-            total = time.perf_counter() - t_all
-            cpu = _cpu_s() - cpu0
+            batch, first, times, total, cpu = time_batches(it, t0, args.warmup_batches,
+                                                           args.batches, _cpu_s)
             n = args.batch * args.batches
             out = {"mode": "pipeline", "framework": "tf.data", "tf_version": tf.__version__,
                    "path": args.path, "crop": crop, "size": size, "batch": args.batch,
