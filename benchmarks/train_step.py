@@ -53,9 +53,6 @@ def parse_args(argv=None):
     p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS (JAX only)")
     p.add_argument("--torch_compile", action="store_true", help="torch.compile the step (torch)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    p.add_argument("--measure_lock", default="",
-                   help="a lock file held while timing (JAX): several benchmark processes can "
-                        "compile at once and still time their steps one at a time")
     p.add_argument("--profile_dir", default="",
                    help="after timing, trace 3 steps with jax.profiler into this folder "
                         "(with a Perfetto JSON trace of the device kernels)")
@@ -227,31 +224,22 @@ def run_jax(args):
     flops_total = float(cost.get("flops", 0.0))
     bytes_total = float(cost.get("bytes accessed", 0.0))
 
-    lock = open(args.measure_lock, "a") if args.measure_lock else None
-    if lock is not None:  # wait for the device to be ours alone
-        import fcntl
-
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-        for _ in range(args.warmup):
-            state, metrics = compiled(state, batch, key)
+    for _ in range(args.warmup):
+        state, metrics = compiled(state, batch, key)
+        jax.block_until_ready((state, metrics))
+    times = []
+    cpu0 = _cpu_seconds()
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        state, metrics = compiled(state, batch, key)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t)
+    cpu_per_step = (_cpu_seconds() - cpu0) / max(1, args.steps)
+    if args.profile_dir:
+        with jax.profiler.trace(args.profile_dir, create_perfetto_trace=True):
+            for _ in range(3):
+                state, metrics = compiled(state, batch, key)
             jax.block_until_ready((state, metrics))
-        times = []
-        cpu0 = _cpu_seconds()
-        for _ in range(args.steps):
-            t = time.perf_counter()
-            state, metrics = compiled(state, batch, key)
-            jax.block_until_ready((state, metrics))
-            times.append(time.perf_counter() - t)
-        cpu_per_step = (_cpu_seconds() - cpu0) / max(1, args.steps)
-        if args.profile_dir:
-            with jax.profiler.trace(args.profile_dir, create_perfetto_trace=True):
-                for _ in range(3):
-                    state, metrics = compiled(state, batch, key)
-                jax.block_until_ready((state, metrics))
-    finally:
-        if lock is not None:
-            lock.close()  # releases the lock
     loss = float(metrics["loss"])
 
     dev = jax.devices()[0]
