@@ -20,10 +20,16 @@ this process and its worker processes over the timed batches, and `examples_per_
 `--make_synthetic N` first writes N random-ish 178x218 JPEGs (CelebA's size) into --path, for
 machines without the photos.
 
+`--augment_on device` sets `config.data.augment_on = "device"`: the pipeline stops after drawing
+the rotation angle and flip, and its batches are the uint8 RGB crops those apply to (rotation,
+flip and LAB run in the compiled train step; time that with benchmarks/device_augment.py). The
+numbers are then the host side alone; `--stages` skips the rotate, flip and lab stages likewise.
+
     python benchmarks/input_pipeline.py --max_workers 2
     python benchmarks/input_pipeline.py --stages
     python benchmarks/input_pipeline.py --source shards --max_workers 2
     python benchmarks/input_pipeline.py --source tfds --max_workers 2
+    python benchmarks/input_pipeline.py --source shards --augment_on device --workers 0,1,2
     python benchmarks/input_pipeline.py --path /tmp/synth --make_synthetic 2000 --max_workers 16 --workers 0,16
 """
 
@@ -60,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--source", choices=("folder", "shards", "tfds"), default="folder")
     p.add_argument("--shards_dir", default="", help="default /tmp/jaxcolor_bench/shards_CROP_SIZE")
     p.add_argument("--tfds_dir", default="/tmp/jaxcolor_bench/tfds", help="TFDS data_dir")
+    p.add_argument("--augment_on", choices=("host", "device"), default="host",
+                   help="config.data.augment_on; device: time the host side (uint8 batches)")
     return p.parse_args(argv)
 
 
@@ -87,6 +95,7 @@ def _config(path, crop, size, workers, buffer, rotate, source="folder", args=Non
     from jaxcolor.configs.default import get_config
 
     c = get_config()
+    c.data.augment_on = args.augment_on if args is not None else "host"
     c.data.source = source
     c.data.path = path
     c.data.crop = crop
@@ -175,7 +184,8 @@ def _cpu_s():
 
 def _base(args, crop, size):
     return {"path": args.path, "crop": crop, "size": size, "batch": args.batch,
-            "rotate_degrees": args.rotate, "cpu_count": os.cpu_count()}
+            "rotate_degrees": args.rotate, "augment_on": args.augment_on,
+            "cpu_count": os.cpu_count()}
 
 
 def time_batches(it, t0, warmup_batches, batches, cpu_s):
@@ -221,7 +231,8 @@ def run_stages(args, crop, size):
 
     from jaxcolor.data import sources, transforms
 
-    cfg = _config(args.path, crop, size, 0, args.buffer, args.rotate)
+    cfg = _config(args.path, crop, size, 0, args.buffer, args.rotate, args=args)
+    on_host = args.augment_on == "host"  # device: draw the numbers, leave the work to the step
     records = sources.records_for(cfg.data, cfg.data.train_split)[: args.stage_examples]
     rng = np.random.default_rng(0)
     acc = {k: 0.0 for k in ("read", "decode", "crop", "resize", "rotate", "flip", "lab")}
@@ -238,14 +249,16 @@ def run_stages(args, crop, size):
         t3 = clock(); acc["crop"] += t3 - t2
         rgb = transforms.resize(rgb, cfg.data.image_size)
         t4 = clock(); acc["resize"] += t4 - t3
-        if cfg.data.rotate_degrees > 0:
-            rgb = transforms.rotate(rgb, rng.uniform(-cfg.data.rotate_degrees, cfg.data.rotate_degrees))
+        degrees, flip = transforms.draw_augmentation(rng, cfg.data)
+        if on_host:
+            rgb = transforms.rotate(rgb, degrees)
         t5 = clock(); acc["rotate"] += t5 - t4
-        if rng.random() < 0.5:
+        if on_host and flip:
             rgb = rgb[:, ::-1]
         rgb = np.ascontiguousarray(rgb)
         t6 = clock(); acc["flip"] += t6 - t5
-        examples.append(transforms.to_model_arrays(rgb))
+        examples.append(transforms.to_model_arrays(rgb) if on_host else
+                        {"rgb": rgb, "degrees": np.float32(degrees), "flip": np.bool_(flip)})
         acc["lab"] += clock() - t6
     n = len(records)
     reps = max(1, n // args.batch)

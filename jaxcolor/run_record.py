@@ -43,6 +43,9 @@ HARMLESS_FIELDS = frozenset({
     "data.worker_count", "data.worker_buffer_size", "data.eval_threads",
 })
 
+# Fields added to the config after runs were saved without them, with the value that does what
+# those runs did: a config.json lacking one compares as if it held that value, so they resume.
+ADDED_FIELDS = {"data.augment_on": "host"}
 
 LOCK_FILE = "train.lock"
 
@@ -130,7 +133,7 @@ def config_as_json(config) -> dict:
 def config_diff(saved: dict, new: dict, ignore=HARMLESS_FIELDS) -> list[tuple[str, Any, Any]]:
     """[(dotted field, saved value, new value)] for every field that differs; a field one side
     lacks shows as '<missing>'."""
-    a, b = _flatten(saved), _flatten(new)
+    a, b = {**ADDED_FIELDS, **_flatten(saved)}, {**ADDED_FIELDS, **_flatten(new)}
     missing = "<missing>"
     return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
             if k not in ignore and a.get(k, missing) != b.get(k, missing)]

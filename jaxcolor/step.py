@@ -163,12 +163,26 @@ def predict(state: TrainState, l_input, decode: Callable = _identity):
     ))
 
 
+def with_prepare(step: Callable, prepare: Callable | None) -> Callable:
+    """`step(state, prepare(batch), rng)`: a batch transform (e.g. the device-side augmentation,
+    `jaxcolor.data.device_augment.to_model_batch`) traced into the same compiled program as the
+    step it feeds, so its output never leaves the device. None: the step itself."""
+    if prepare is None:
+        return step
+
+    def prepared_train_step(state, batch, rng):
+        return step(state, prepare(batch), rng)
+
+    return prepared_train_step
+
+
 def compile_jit(loss_fn, state_sharding, data_sharding, decode: Callable = _identity,
-                skip_nonfinite: bool = False):
-    """The jit path: state replicated, batch split on the mesh's data axis, state donated."""
+                skip_nonfinite: bool = False, prepare: Callable | None = None):
+    """The jit path: state replicated, batch split on the mesh's data axis, state donated.
+    `prepare` (see `with_prepare`) runs on the sharded batch inside the compiled train step."""
     train = jax.jit(
-        functools.partial(train_step, loss_fn=loss_fn, decode=decode,
-                          skip_nonfinite=skip_nonfinite),
+        with_prepare(functools.partial(train_step, loss_fn=loss_fn, decode=decode,
+                                       skip_nonfinite=skip_nonfinite), prepare),
         in_shardings=(state_sharding, data_sharding, state_sharding),
         out_shardings=(state_sharding, state_sharding),
         donate_argnums=0,
@@ -182,11 +196,12 @@ def compile_jit(loss_fn, state_sharding, data_sharding, decode: Callable = _iden
 
 
 def compile_pmap(loss_fn, axis_name: str, decode: Callable = _identity,
-                 skip_nonfinite: bool = False):
-    """The pmap path: the same step per device with pmean/psum over `axis_name`."""
+                 skip_nonfinite: bool = False, prepare: Callable | None = None):
+    """The pmap path: the same step per device with pmean/psum over `axis_name`; `prepare`
+    runs on each device's rows inside it."""
     train = jax.pmap(
-        functools.partial(train_step, loss_fn=loss_fn, axis_name=axis_name, decode=decode,
-                          skip_nonfinite=skip_nonfinite),
+        with_prepare(functools.partial(train_step, loss_fn=loss_fn, axis_name=axis_name,
+                                       decode=decode, skip_nonfinite=skip_nonfinite), prepare),
         axis_name=axis_name,
         in_axes=(0, 0, None),
         donate_argnums=0,

@@ -41,7 +41,7 @@ from ml_collections import config_flags
 
 from jaxcolor import ab_prior, checkpoint, images, losses, parallel, run_record
 from jaxcolor import step as step_lib
-from jaxcolor.data import pipeline
+from jaxcolor.data import device_augment, pipeline, transforms
 from jaxcolor.logbook import Logbook
 from jaxcolor.models import build_model, load_pretrained_weights, param_labels_fn
 
@@ -85,12 +85,18 @@ class Trainer:
             step_lib.create_state, self.model, self.tx, image_size=config.data.image_size
         )
         skip = bool(config.get("skip_nonfinite", False))
+        # augment_on="device": training batches arrive as uint8 RGB plus the drawn angles and
+        # flips; rotation, flip and LAB run inside the compiled step (evaluation stays on host).
+        prepare = (device_augment.to_model_batch
+                   if transforms.augment_on(config.data) == "device" else None)
         if self.pmap:
             self.train_step, self.eval_step = step_lib.compile_pmap(
-                self.loss_fn, parallel.PMAP_AXIS, self.decode, skip_nonfinite=skip)
+                self.loss_fn, parallel.PMAP_AXIS, self.decode, skip_nonfinite=skip,
+                prepare=prepare)
         else:
             self.train_step, self.eval_step = step_lib.compile_jit(
-                self.loss_fn, self.repl, self.data, self.decode, skip_nonfinite=skip)
+                self.loss_fn, self.repl, self.data, self.decode, skip_nonfinite=skip,
+                prepare=prepare)
 
     def init_state(self, rng):
         """Global, replicated state: shapes first (no allocation), then a compiled init, then the

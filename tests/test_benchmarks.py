@@ -77,6 +77,23 @@ def test_input_pipeline_benchmark(tmp_path):
     assert line["examples_per_cpu_s"] > 0
 
 
+def test_input_pipeline_benchmark_host_side_of_device_augmentation(tmp_path):
+    folder = str(tmp_path / "imgs")
+    write_images(folder, 16, size=(40, 48), ext="jpg")
+    (line,) = _run("input_pipeline.py", "--path", folder, "--settings", "20:16", "--workers", "0",
+                   "--batch", "4", "--batches", "2", "--warmup_batches", "0",
+                   "--augment_on", "device")
+    assert line["augment_on"] == "device" and line["shapes"]["rgb"] == [4, 16, 16, 3]
+    assert line["shapes"]["degrees"] == [4] and "L" not in line["shapes"]
+
+
+def test_device_augment_benchmark_prints_one_json_line():
+    (line,) = _run("device_augment.py", "--batch", "4", "--size", "16", "--steps", "2",
+                   "--warmup", "1")
+    assert line["backend"] == "cpu" and line["batch"] == 4 and line["size"] == 16
+    assert line["batch_s_median"] > 0 and line["lab_only_batch_s_median"] > 0
+
+
 def test_input_pipeline_benchmark_skips_a_missing_folder(tmp_path):
     (line,) = _run("input_pipeline.py", "--path", str(tmp_path / "absent"))
     assert line["mode"] == "skipped" and "not found" in line["reason"]

@@ -28,6 +28,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.image_size = 64
     c.data.rotate_degrees = 15.0
     c.data.hflip = True
+    # Where training examples are rotated, flipped and turned into LAB: "host" (the grain workers,
+    # per example) or "device" (inside the compiled train step, on the accelerator: the host only
+    # decodes, crops and draws the same random numbers, and sends uint8 RGB). Evaluation is always
+    # on the host. Rotation agrees with the host's to one uint8 level on <0.2% of values.
+    c.data.augment_on = "host"  # host | device
     c.data.worker_count = 0  # grain worker processes; 0 = in the main process
     c.data.worker_buffer_size = 2
     c.data.eval_threads = 2

@@ -2,6 +2,8 @@
 
 Training: source -> shuffle(seed) -> repeat -> random_map(load + augment + LAB) -> this process's
 block of every global batch -> worker processes -> skip undecodable files (counted) -> batch.
+With `config.data.augment_on = "device"` the random_map stops after drawing the augmentation's
+random numbers (the same draws): rotation, flip and LAB run in the compiled train step instead.
 The shards source, which cannot hold undecodable files, batches inside the workers instead (the
 same rows in the same order, one inter-process transfer per batch rather than per example).
 The global order (and each example's augmentation, seeded by its global index) is the same on
@@ -121,8 +123,12 @@ def train_dataset(
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.IterDataset:
-    """Infinite, shuffled, augmented batches: this process's rows of each global batch."""
+    """Infinite, shuffled, augmented batches: this process's rows of each global batch.
+
+    With `data_config.augment_on == 'device'` the batches hold uint8 'rgb' with the drawn
+    'degrees' and 'flip' instead of 'L' and 'ab' (see `device_augment.to_model_batch`)."""
     share = per_process_batch(global_batch, process_count)
+    transforms.augment_on(data_config)  # an unknown value fails here, not in a worker
     records = sources.records_for(data_config, data_config.train_split)
     if not records:
         raise ValueError(f"split {data_config.train_split!r} of {data_config.source!r} is empty")
@@ -163,7 +169,8 @@ def _check_readable(element: dict) -> dict:
 
 
 def _no_skips(batch: dict) -> dict:
-    batch["skipped"] = np.zeros(batch["L"].shape[:1], np.int64)
+    rows = len(next(iter(batch.values())))  # 'L' on the host path, 'rgb' on the device path
+    batch["skipped"] = np.zeros((rows,), np.int64)
     return batch
 
 

@@ -175,13 +175,43 @@ def image_array_to_rgb(image: np.ndarray) -> np.ndarray:
     return np.asarray(to_rgb(Image.fromarray(image, mode)))
 
 
+AUGMENT_ON = ("host", "device")
+
+
+def augment_on(cfg) -> str:
+    """Where training examples are rotated, flipped and converted to LAB: 'host' (here, per
+    example) or 'device' (`device_augment.to_model_batch`, inside the compiled train step).
+    Configs saved before the option existed read as 'host', what they did."""
+    value = cfg.get("augment_on", "host")
+    if value not in AUGMENT_ON:
+        raise ValueError(f"config.data.augment_on={value!r}: expected 'host' or 'device'")
+    return value
+
+
+def draw_augmentation(rng: np.random.Generator, cfg) -> tuple[float, bool]:
+    """One training example's random choices, (degrees, flip): the same rng calls in the same
+    order on either `augment_on` path, so a seed gives the same augmentation wherever it runs."""
+    degrees = 0.0
+    if cfg.rotate_degrees > 0:
+        degrees = rng.uniform(-cfg.rotate_degrees, cfg.rotate_degrees)
+    flip = bool(cfg.hflip and rng.random() < 0.5)
+    return float(degrees), flip
+
+
 def transform_rgb(rgb: np.ndarray, rng: np.random.Generator, cfg, train: bool,
                   prepared: bool = False) -> dict:
+    """uint8 RGB -> model arrays; for training with augment_on='device' instead the cropped,
+    resized uint8 'rgb' with its drawn 'degrees' and 'flip', which the train step applies."""
     if not prepared:
         rgb = center_crop_or_pad(rgb, cfg.crop)
         rgb = resize(rgb, cfg.image_size)
-    if train and cfg.rotate_degrees > 0:
-        rgb = rotate(rgb, rng.uniform(-cfg.rotate_degrees, cfg.rotate_degrees))
-    if train and cfg.hflip and rng.random() < 0.5:
+    if not train:
+        return to_model_arrays(np.ascontiguousarray(rgb))
+    degrees, flip = draw_augmentation(rng, cfg)
+    if augment_on(cfg) == "device":
+        return {"rgb": np.ascontiguousarray(rgb), "degrees": np.float32(degrees),
+                "flip": np.bool_(flip)}
+    rgb = rotate(rgb, degrees)  # a no-op at 0 degrees
+    if flip:
         rgb = rgb[:, ::-1]
     return to_model_arrays(np.ascontiguousarray(rgb))
