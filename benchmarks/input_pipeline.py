@@ -220,6 +220,10 @@ def run_pipeline(args, crop, size, workers):
     out.update({
         "mode": "pipeline", "source": args.source, "worker_count": workers, "worker_buffer_size": args.buffer,
         "batches": args.batches, "examples_per_s": args.batch * args.batches / total,
+        # Batches buffered by the workers before timing starts inflate short runs; the second
+        # half of the timed batches is the steady rate when the run is long enough.
+        "examples_per_s_second_half": args.batch * (len(times) - len(times) // 2)
+        / max(sum(times[len(times) // 2:]), 1e-9),
         "cpu_s": cpu, "examples_per_cpu_s": args.batch * args.batches / max(cpu, 1e-9),
         "batch_s_median": statistics.median(times), "first_batch_s": first, "shapes": shapes,
     })

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# GPU check for the device tool: the autoencoder's train step with the fused BatchNorm + LeakyReLU
+# (`--ops fused`) against `phase`, the input pipeline's examples/s from ArrayRecord shards with
+# the augmentation on the host or on the device, and a whole `python -m jaxcolor.train` run fed
+# by that pipeline: does the loop reach the step's speed? One job at a time (concurrent cuDNN
+# autotuning disturbs timings, benchmarks/RESULTS.md); every job capped, none started after
+# BUDGET_S seconds. Results: $OUT/e2e.tgz (JSON lines, logs, trace summaries).
+#
+#   OUT=/tmp/out BUDGET_S=420 bash benchmarks/gpu_end_to_end.sh
+#   SMOKE=1 OUT=/tmp/out bash benchmarks/gpu_end_to_end.sh   # tiny settings, to test on a CPU
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/gpu_e2e_out}"
+BUDGET_S="${BUDGET_S:-420}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+START=$(date +%s)
+WORK="${WORK:-/tmp/jaxcolor_e2e}"
+SYN="$WORK/jpegs"
+SHARDS="$WORK/shards_150_128"
+if [ "${SMOKE:-0}" = 1 ]; then  # the same steps at toy sizes: for checking the script itself
+  N_IMG=200 BATCH=16 STEPS=4 TRAIN_STEPS=6 PBATCHES=6 SLOW_BATCHES=3 WORKERS=2 SIZE=32 CROP=40
+else
+  N_IMG=4000 BATCH=512 STEPS=30 TRAIN_STEPS=400 PBATCHES=200 SLOW_BATCHES=20 WORKERS=16 SIZE=128 CROP=150
+fi
+
+job() {  # job LIMIT_S LABEL CMD...: run one capped job unless the budget is spent
+  local limit=$1 label=$2; shift 2
+  local elapsed=$(( $(date +%s) - START ))
+  if [ "$elapsed" -gt "$BUDGET_S" ]; then
+    echo "skipped label=$label at ${elapsed}s (budget ${BUDGET_S}s)" >> "$OUT/rc.txt"; return
+  fi
+  timeout "$limit" "$@" > "$OUT/$label.out" 2> "$OUT/$label.err"
+  echo "rc=$? label=$label elapsed=$(( $(date +%s) - START ))s" >> "$OUT/rc.txt"
+  grep '^{' "$OUT/$label.out" >> "$OUT/e2e.jsonl"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+nproc >> "$OUT/gpu.txt"
+"$PY" -c 'import jax, flax, grain; print(jax.__version__, flax.__version__, grain.__version__, jax.devices())' >> "$OUT/gpu.txt" 2>&1
+
+# Data: synthetic CelebA-sized JPEGs, then shards at the reference's 150 -> 128.
+job 120 make_jpegs "$PY" benchmarks/input_pipeline.py --path "$SYN" --make_synthetic "$N_IMG" --make_only
+job 120 prepare_shards "$PY" -m jaxcolor.prepare shards --source "folder:$SYN" --out "$SHARDS" \
+    --crop "$CROP" --size "$SIZE" --workers "$WORKERS"
+
+# 1. The train step: fused (with a trace of its kernels) and phase, bfloat16.
+TS="$PY benchmarks/train_step.py --model autoencoder --size $SIZE --no_cpu_flags --dtype bfloat16 --peak_tflops 989 --batch $BATCH --warmup 3"
+job 150 step_fused $TS --ops fused --steps "$STEPS" --label fused_bf16 --profile_dir "$OUT/trace_fused"
+"$PY" benchmarks/trace_summary.py "$OUT/trace_fused" --top 40 > "$OUT/summary_fused.json" 2>&1
+job 120 step_phase $TS --ops phase --steps "$STEPS" --label phase_bf16
+
+# 2. The input pipeline alone, host side, from the shards: augmentation on the host or on the
+# device. Enough batches that the workers' buffers (2 batches each) filled before timing starts
+# do not make the rate; the slow 0-worker host setting gets fewer.
+PIPE="$PY benchmarks/input_pipeline.py --path $SYN --source shards --shards_dir $SHARDS --settings $CROP:$SIZE --batch $BATCH --warmup_batches 3"
+job 100 pipe_device $PIPE --augment_on device --workers "0,4,$WORKERS" --batches "$PBATCHES" --label device_augment
+job 100 pipe_host_w0 $PIPE --augment_on host --workers 0 --batches "$SLOW_BATCHES" --label host_augment
+job 100 pipe_host $PIPE --augment_on host --workers "$WORKERS" --batches "$PBATCHES" --label host_augment
+
+# 3. Training fed by the pipeline (device augmentation), logging examples/s every 50 steps.
+job 240 train "$PY" -m jaxcolor.train --config jaxcolor/configs/reference.py --workdir "$WORK/run" \
+    --config.data.source=shards --config.data.path="$SHARDS" --config.data.crop="$CROP" \
+    --config.data.image_size="$SIZE" --config.data.augment_on=device \
+    --config.data.worker_count="$WORKERS" --config.data.eval_examples="$BATCH" \
+    --config.batch_size="$BATCH" --config.dtype=bfloat16 --config.model.ops=fused \
+    --config.num_steps="$TRAIN_STEPS" --config.log_every=50 --config.eval_every=100000 \
+    --config.checkpoint_every=100000 --config.patience=0 --config.prefetch=4
+cp "$WORK/run/metrics.jsonl" "$OUT/train_metrics.jsonl" 2>/dev/null
+
+# 4. If time is left: the fused step at twice the batch, and in float32.
+job 150 step_fused_b2x $TS --ops fused --steps "$STEPS" --batch $((2 * BATCH)) --label fused_bf16_b2x
+job 120 step_fused_f32 ${TS/bfloat16 --peak_tflops 989/float32 --peak_tflops 494} --ops fused \
+    --steps "$STEPS" --label fused_f32
+
+echo "all done at $(( $(date +%s) - START ))s" >> "$OUT/rc.txt"
+cat "$OUT/gpu.txt" "$OUT/rc.txt"
+cut -c1-600 "$OUT/e2e.jsonl"
+tail -c 1500 "$OUT/train.err"
+# The device tool brings back only a few files: one archive of everything small.
+tar czf "$OUT/e2e.tgz" -C "$OUT" $(cd "$OUT" && ls *.jsonl *.txt *.err summary_*.json 2>/dev/null)
