@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -206,6 +207,22 @@ def time_batches(it, t0, warmup_batches, batches, cpu_s):
     return batch, first, times, time.perf_counter() - t_all, cpu_s() - cpu0
 
 
+def _tree_rss_mb() -> float | None:
+    """Resident memory of this process and all its descendants (None without psutil)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    me = psutil.Process()
+    total = 0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
 def run_pipeline(args, crop, size, workers):
     from jaxcolor.data import pipeline
 
@@ -214,6 +231,7 @@ def run_pipeline(args, crop, size, workers):
     ds = pipeline.train_dataset(cfg.data, args.batch, seed=0)
     it = iter(ds)
     batch, first, times, total, cpu = time_batches(it, t0, args.warmup_batches, args.batches, _cpu_s)
+    rss_with_workers = _tree_rss_mb()  # before the workers stop
     shapes = {k: list(v.shape) for k, v in batch.items() if hasattr(v, "shape")}
     del it, ds
     out = _base(args, crop, size)
@@ -226,6 +244,9 @@ def run_pipeline(args, crop, size, workers):
         / max(sum(times[len(times) // 2:]), 1e-9),
         "cpu_s": cpu, "examples_per_cpu_s": args.batch * args.batches / max(cpu, 1e-9),
         "batch_s_median": statistics.median(times), "first_batch_s": first, "shapes": shapes,
+        # Memory: this process's peak, and this process and its workers together at the end.
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "rss_mb_with_workers": rss_with_workers,
     })
     return out
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any, Iterator
 
 import grain
@@ -147,7 +148,7 @@ def train_dataset(
         # batches can be formed in the worker processes, from the same elements in the same
         # order: one transfer per batch instead of one per example.
         ds = ds.map(_check_readable).batch(share, drop_remainder=True).map(_no_skips)
-    it = ds.to_iter_dataset()
+    it = ds.to_iter_dataset(read_options(data_config, share, whole_batches))
     if data_config.worker_count > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; from Python, none given
             flags.FLAGS.mark_as_parsed()
@@ -160,6 +161,21 @@ def train_dataset(
     if whole_batches:
         return it
     return _SkipBadDataset(it).batch(share, drop_remainder=True)
+
+
+def read_options(data_config, share: int, whole_batches: bool) -> grain.ReadOptions:
+    """How many threads compute elements ahead, and how many elements they may hold.
+
+    grain's default (16 threads, 500 elements ahead) suits single examples in one process. Here
+    an element can be a whole batch (512 examples at 128x128 hold 100 MB of LAB floats), and the
+    read-ahead runs again inside every worker process: with the default, 16 workers tried to
+    hold 500 batches each and exhausted a 128 GB GPU host (benchmarks/RESULTS.md). So the
+    read-ahead is bounded in examples, and workers, which are the parallelism already, use 2
+    threads each instead of 16.
+    """
+    threads = 2 if data_config.worker_count > 0 else min(16, os.cpu_count() or 1)
+    ahead = threads if whole_batches else max(threads, 2 * share)
+    return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=ahead)
 
 
 def _check_readable(element: dict) -> dict:
