@@ -24,8 +24,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcolor.models.fused_norm import BatchNormLeakyReLU
-
 LEAKY_SLOPE = 0.3  # keras.layers.LeakyReLU default
 BN_MOMENTUM = 0.99  # keras.layers.BatchNormalization defaults
 BN_EPSILON = 1e-3
@@ -156,14 +154,12 @@ class DilatedUpsampleConv(nn.Module):
         return y + bias
 
 
-# How the autoencoder's steps are computed (same function and parameters): the upsample + conv,
-# the concatenation before skip64, the 2x2 max-pool, and BatchNorm + LeakyReLU (`fused`: one
-# custom-gradient op, models/fused_norm.py; `flax`: nn.BatchNorm then nn.leaky_relu).
+# How the three reshaping steps of the autoencoder are computed (same function and parameters):
+# the upsample + conv, the concatenation before skip64, and the 2x2 max-pool.
 OPS = {
-    "fused": ("phase", "split", "elementwise", "fused"),
-    "phase": ("phase", "split", "elementwise", "flax"),
-    "dilated": ("dilated", "split", "elementwise", "flax"),
-    "plain": ("materialize", "concat", "reduce_window", "flax"),  # the reference's ops, as written
+    "phase": ("phase", "split", "elementwise"),  # the fastest on XLA:CPU (RESULTS.md)
+    "dilated": ("dilated", "split", "elementwise"),
+    "plain": ("materialize", "concat", "reduce_window"),  # the reference's ops, as written
 }
 
 
@@ -183,7 +179,7 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        upsample_form, concat_form, _, norm_form = OPS[self.ops]
+        upsample_form, concat_form, _ = OPS[self.ops]
         if self.upsample and upsample_form == "phase":
             x = UpsampleConv(self.features, dtype=self.dtype, name="conv")(x)
         elif self.upsample and upsample_form == "dilated":
@@ -196,16 +192,6 @@ class ConvBlock(nn.Module):
             elif isinstance(x, (tuple, list)):
                 x = jnp.concatenate(x, axis=-1)
             x = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype, name="conv")(x)
-        if self.batch_norm and norm_form == "fused":
-            return BatchNormLeakyReLU(
-                use_running_average=not train,
-                momentum=BN_MOMENTUM,
-                epsilon=BN_EPSILON,
-                slope=LEAKY_SLOPE,
-                dtype=self.dtype,
-                axis_name=self.bn_axis_name,
-                name="bn",
-            )(x)
         if self.batch_norm:
             x = nn.BatchNorm(
                 use_running_average=not train,
