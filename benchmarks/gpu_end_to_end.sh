@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# GPU check for the device tool: the autoencoder's train step with the fused BatchNorm + LeakyReLU
-# (`--ops fused`) against `phase`, the input pipeline's examples/s from ArrayRecord shards with
-# the augmentation on the host or on the device, and a whole `python -m jaxcolor.train` run fed
-# by that pipeline: does the loop reach the step's speed? One job at a time (concurrent cuDNN
+# GPU check for the device tool: the autoencoder's train step alone (with a trace of its kernels),
+# the input pipeline's examples/s from ArrayRecord shards with the augmentation on the host or on
+# the device, and a whole `python -m jaxcolor.train` run fed by that pipeline: does the loop reach
+# the step's speed? (At commit e77dc45 the step part also compared a fused BatchNorm + LeakyReLU
+# formulation, since removed: benchmarks/RESULTS.md.) One job at a time (concurrent cuDNN
 # autotuning disturbs timings, benchmarks/RESULTS.md); every job capped, none started after
 # BUDGET_S seconds. Results: $OUT/e2e.tgz (JSON lines, logs, trace summaries).
 #
@@ -45,11 +46,10 @@ job 120 make_jpegs "$PY" benchmarks/input_pipeline.py --path "$SYN" --make_synth
 job 120 prepare_shards "$PY" -m jaxcolor.prepare shards --source "folder:$SYN" --out "$SHARDS" \
     --crop "$CROP" --size "$SIZE" --workers "$WORKERS"
 
-# 1. The train step: fused (with a trace of its kernels) and phase, bfloat16.
+# 1. The train step alone, bfloat16, with a trace of its kernels.
 TS="$PY benchmarks/train_step.py --model autoencoder --size $SIZE --no_cpu_flags --dtype bfloat16 --peak_tflops 989 --batch $BATCH --warmup 3"
-job 150 step_fused $TS --ops fused --steps "$STEPS" --label fused_bf16 --profile_dir "$OUT/trace_fused"
-"$PY" benchmarks/trace_summary.py "$OUT/trace_fused" --top 40 > "$OUT/summary_fused.json" 2>&1
-job 120 step_phase $TS --ops phase --steps "$STEPS" --label phase_bf16
+job 150 step $TS --steps "$STEPS" --label bf16 --profile_dir "$OUT/trace_step"
+"$PY" benchmarks/trace_summary.py "$OUT/trace_step" --top 40 > "$OUT/summary_step.json" 2>&1
 
 # 2. The input pipeline alone, host side, from the shards: augmentation on the host or on the
 # device. Enough batches that the workers' buffers (2 batches each) filled before timing starts
@@ -64,15 +64,14 @@ job 240 train "$PY" -m jaxcolor.train --config jaxcolor/configs/reference.py --w
     --config.data.source=shards --config.data.path="$SHARDS" --config.data.crop="$CROP" \
     --config.data.image_size="$SIZE" --config.data.augment_on=device \
     --config.data.worker_count="$WORKERS" --config.data.eval_examples="$BATCH" \
-    --config.batch_size="$BATCH" --config.dtype=bfloat16 --config.model.ops=fused \
+    --config.batch_size="$BATCH" --config.dtype=bfloat16 \
     --config.num_steps="$TRAIN_STEPS" --config.log_every=50 --config.eval_every=100000 \
     --config.checkpoint_every=100000 --config.patience=0 --config.prefetch=4
 cp "$WORK/run/metrics.jsonl" "$OUT/train_metrics.jsonl" 2>/dev/null
 
-# 4. If time is left: the fused step at twice the batch, and in float32.
-job 150 step_fused_b2x $TS --ops fused --steps "$STEPS" --batch $((2 * BATCH)) --label fused_bf16_b2x
-job 120 step_fused_f32 ${TS/bfloat16 --peak_tflops 989/float32 --peak_tflops 494} --ops fused \
-    --steps "$STEPS" --label fused_f32
+# 4. If time is left: the step at twice the batch, and in float32.
+job 150 step_b2x $TS --steps "$STEPS" --batch $((2 * BATCH)) --label bf16_b2x
+job 120 step_f32 ${TS/bfloat16 --peak_tflops 989/float32 --peak_tflops 494} --steps "$STEPS" --label f32
 
 echo "all done at $(( $(date +%s) - START ))s" >> "$OUT/rc.txt"
 cat "$OUT/gpu.txt" "$OUT/rc.txt"

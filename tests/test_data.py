@@ -199,3 +199,16 @@ def test_shared_celeba_folder_works_as_is(celeba_dir):
                          "data.image_size": 64}).data
     batch = next(iter(pipeline.train_dataset(cfg, 2, seed=0)))
     assert batch["L"].shape == (2, 64, 64, 1) and batch["L"].max() > 0.5
+
+
+def test_read_ahead_is_bounded_in_examples():
+    # grain's default reads 500 elements ahead with 16 threads, in every worker: with whole
+    # batches as elements, 16 workers tried to hold 500 batches each on a GPU host.
+    cfg = tiny_config(**{"data.worker_count": 16}).data
+    whole = pipeline.read_options(cfg, share=512, whole_batches=True)
+    assert (whole.num_threads, whole.prefetch_buffer_size) == (2, 2)
+    single = pipeline.read_options(cfg, share=512, whole_batches=False)
+    assert single.prefetch_buffer_size == 2 * 512
+    in_process = pipeline.read_options(tiny_config().data, share=64, whole_batches=True)
+    assert 1 <= in_process.num_threads <= 16
+    assert in_process.prefetch_buffer_size == in_process.num_threads
