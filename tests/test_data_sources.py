@@ -1,5 +1,6 @@
 """The shards and tfds sources, `prepare shards` (resume, bad files) and the bad-file zoo."""
 
+import functools
 import io
 import json
 import os
@@ -167,6 +168,14 @@ def test_bad_file_zoo_in_prepare_folder_pipeline_and_training_log(tmp_path):
 def _tiny_tfds(data_dir) -> None:
     """A small dataset in the real TFDS layout (ArrayRecord files, dataset_info.json,
     features.json), written by a GeneratorBasedBuilder with TFDS's own writer, no TensorFlow."""
+    builder = _tiny_tfds_builder()(data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+
+
+@functools.cache
+def _tiny_tfds_builder():
+    """The builder class, defined once per test session: TFDS registers builders by name and
+    refuses a second class of the same name (other test modules write this dataset too)."""
     tfds = pytest.importorskip("tensorflow_datasets")
 
     class JaxcolorTinyFaces(tfds.core.GeneratorBasedBuilder):
@@ -185,8 +194,7 @@ def _tiny_tfds(data_dir) -> None:
             for i in range(n):  # PIL images: TFDS encodes those with PIL, not TensorFlow
                 yield i, {"image": Image.fromarray(_noise(30 + i, 26, seed + i))}
 
-    builder = JaxcolorTinyFaces(data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
+    return JaxcolorTinyFaces
 
 
 def test_tfds_source_reads_the_arrayrecord_layout(tmp_path):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxcolor import color
 from jaxcolor.data import transforms
 
 AUGMENT_KEYS = ("rgb", "degrees", "flip")  # what the device path's training examples carry
@@ -89,14 +88,7 @@ def to_model_arrays(rgb) -> dict:
     table = jnp.asarray(transforms._LINEAR)
     rgb = rgb.astype(jnp.int32)
     r, g, b = table[rgb[..., 0]], table[rgb[..., 1]], table[rgb[..., 2]]
-    m = transforms._XYZ_N
-    fx = _lab_f(m[0, 0] * r + m[0, 1] * g + m[0, 2] * b)
-    fy = _lab_f(m[1, 0] * r + m[1, 1] * g + m[1, 2] * b)
-    fz = _lab_f(m[2, 0] * r + m[2, 1] * g + m[2, 2] * b)
-    lightness = fy * jnp.float32(116.0 / color.L_SCALE) - jnp.float32(16.0 / color.L_SCALE)
-    ab = jnp.stack([(fx - fy) * jnp.float32(500.0 / color.AB_SCALE),
-                    (fy - fz) * jnp.float32(200.0 / color.AB_SCALE)], axis=-1)
-    return {"L": lightness[..., None], "ab": ab}
+    return transforms.linear_rgb_to_model_arrays(r, g, b, _lab_f, jnp)
 
 
 def to_model_batch(batch: dict) -> dict:

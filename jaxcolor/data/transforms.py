@@ -128,12 +128,18 @@ def to_model_arrays(rgb: np.ndarray) -> dict[str, np.ndarray]:
     if rgb.dtype != np.uint8:
         raise TypeError(f"to_model_arrays expects uint8 RGB, got {rgb.dtype}")
     r, g, b = _LINEAR[rgb[..., 0]], _LINEAR[rgb[..., 1]], _LINEAR[rgb[..., 2]]
+    return linear_rgb_to_model_arrays(r, g, b, _lab_f, np)
+
+
+def linear_rgb_to_model_arrays(r, g, b, lab_f, xp) -> dict:
+    """Linear r, g, b planes -> {'L', 'ab'} in float32, in NumPy or jax.numpy (`xp`, with its
+    `lab_f`): one definition for the host pipeline and `device_augment`, so the two agree."""
     m = _XYZ_N
-    fx = _lab_f(m[0, 0] * r + m[0, 1] * g + m[0, 2] * b)
-    fy = _lab_f(m[1, 0] * r + m[1, 1] * g + m[1, 2] * b)
-    fz = _lab_f(m[2, 0] * r + m[2, 1] * g + m[2, 2] * b)
+    fx = lab_f(m[0, 0] * r + m[0, 1] * g + m[0, 2] * b)
+    fy = lab_f(m[1, 0] * r + m[1, 1] * g + m[1, 2] * b)
+    fz = lab_f(m[2, 0] * r + m[2, 1] * g + m[2, 2] * b)
     lightness = fy * np.float32(116.0 / color.L_SCALE) - np.float32(16.0 / color.L_SCALE)
-    ab = np.stack([(fx - fy) * np.float32(500.0 / color.AB_SCALE),
+    ab = xp.stack([(fx - fy) * np.float32(500.0 / color.AB_SCALE),
                    (fy - fz) * np.float32(200.0 / color.AB_SCALE)], axis=-1)
     return {"L": lightness[..., None], "ab": ab}
 
