@@ -168,10 +168,10 @@ def read_options(data_config, share: int, whole_batches: bool) -> grain.ReadOpti
 
     grain's default (16 threads, 500 elements ahead) suits single examples in one process. Here
     an element can be a whole batch (512 examples at 128x128 hold 100 MB of LAB floats), and the
-    read-ahead runs again inside every worker process: with the default, 16 workers tried to
-    hold 500 batches each and exhausted a 128 GB GPU host (benchmarks/RESULTS.md). So the
-    read-ahead is bounded in examples, and workers, which are the parallelism already, use 2
-    threads each instead of 16.
+    read-ahead runs again inside every worker process: with the default, 16 workers could try
+    to hold 500 batches each, and on a 128 GB GPU host such runs did not finish in 100 s; with
+    this bound they ran in 5.4-7.0 GB (benchmarks/RESULTS.md). So the read-ahead is bounded in
+    examples, and workers, which are the parallelism already, use 2 threads each instead of 16.
     """
     threads = 2 if data_config.worker_count > 0 else min(16, os.cpu_count() or 1)
     ahead = threads if whole_batches else max(threads, 2 * share)
