@@ -18,12 +18,11 @@ PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
 WORK="${WORK:-/tmp/jaxcolor_e2e}"
-SYN="$WORK/jpegs"
-SHARDS="$WORK/shards_150_128"
+SHARDS="$WORK/shards"  # written by gpu_pipeline_check.sh
 if [ "${SMOKE:-0}" = 1 ]; then  # the same steps at toy sizes: for checking the script itself
-  N_IMG=200 BATCH=16 STEPS=4 TRAIN_STEPS=6 PBATCHES=6 SLOW_BATCHES=3 WORKERS=2 SIZE=32 CROP=40
+  N_IMG=200 BATCH=16 STEPS=4 TRAIN_STEPS=6 PBATCHES=6 WORKERS=2 SIZE=32 CROP=40
 else
-  N_IMG=4000 BATCH=512 STEPS=30 TRAIN_STEPS=400 PBATCHES=200 SLOW_BATCHES=20 WORKERS=16 SIZE=128 CROP=150
+  N_IMG=4000 BATCH=512 STEPS=30 TRAIN_STEPS=400 PBATCHES=200 WORKERS=16 SIZE=128 CROP=150
 fi
 
 job() {  # job LIMIT_S LABEL CMD...: run one capped job unless the budget is spent
@@ -41,23 +40,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 nproc >> "$OUT/gpu.txt"
 "$PY" -c 'import jax, flax, grain; print(jax.__version__, flax.__version__, grain.__version__, jax.devices())' >> "$OUT/gpu.txt" 2>&1
 
-# Data: synthetic CelebA-sized JPEGs, then shards at the reference's 150 -> 128.
-job 120 make_jpegs "$PY" benchmarks/input_pipeline.py --path "$SYN" --make_synthetic "$N_IMG" --make_only
-job 120 prepare_shards "$PY" -m jaxcolor.prepare shards --source "folder:$SYN" --out "$SHARDS" \
-    --crop "$CROP" --size "$SIZE" --workers "$WORKERS"
+# 1. Data (synthetic CelebA-sized JPEGs -> shards) and the input pipeline alone, host side:
+# augmentation on the host or on the device (benchmarks/gpu_pipeline_check.sh).
+job 300 pipeline env WORK="$WORK" OUT="$OUT/pipeline" PYTHON="$PY" N_IMG="$N_IMG" BATCH="$BATCH" \
+    BATCHES="$PBATCHES" WORKERS="$WORKERS" CROP="$CROP" SIZE="$SIZE" \
+    bash benchmarks/gpu_pipeline_check.sh
+cp "$OUT/pipeline/pipeline.jsonl" "$OUT/pipeline.jsonl" 2>/dev/null
 
-# 1. The train step alone, bfloat16, with a trace of its kernels.
+# 2. The train step alone, bfloat16, with a trace of its kernels.
 TS="$PY benchmarks/train_step.py --model autoencoder --size $SIZE --no_cpu_flags --dtype bfloat16 --peak_tflops 989 --batch $BATCH --warmup 3"
 job 150 step $TS --steps "$STEPS" --label bf16 --profile_dir "$OUT/trace_step"
 "$PY" benchmarks/trace_summary.py "$OUT/trace_step" --top 40 > "$OUT/summary_step.json" 2>&1
-
-# 2. The input pipeline alone, host side, from the shards: augmentation on the host or on the
-# device. Enough batches that the workers' buffers (2 batches each) filled before timing starts
-# do not make the rate; the slow 0-worker host setting gets fewer.
-PIPE="$PY benchmarks/input_pipeline.py --path $SYN --source shards --shards_dir $SHARDS --settings $CROP:$SIZE --batch $BATCH --warmup_batches 3"
-job 100 pipe_device $PIPE --augment_on device --workers "0,4,$WORKERS" --batches "$PBATCHES" --label device_augment
-job 100 pipe_host_w0 $PIPE --augment_on host --workers 0 --batches "$SLOW_BATCHES" --label host_augment
-job 100 pipe_host $PIPE --augment_on host --workers "$WORKERS" --batches "$PBATCHES" --label host_augment
 
 # 3. Training fed by the pipeline (device augmentation), logging examples/s every 50 steps.
 job 240 train "$PY" -m jaxcolor.train --config jaxcolor/configs/reference.py --workdir "$WORK/run" \

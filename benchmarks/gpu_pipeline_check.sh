@@ -2,7 +2,7 @@
 # GPU-host check of the input pipeline with many workers (device tool): synthetic CelebA-sized
 # JPEGs -> shards at 150 -> 128, then 200 batches of 512 from 16 workers, augmentation on the
 # device (host side only) and on the host, with peak memory per process. JSON lines in
-# $OUT/pipeline.jsonl.
+# $OUT/pipeline.jsonl. benchmarks/gpu_end_to_end.sh runs this first, for its data too.
 #
 #   OUT=/tmp/out bash benchmarks/gpu_pipeline_check.sh
 set -u
@@ -13,6 +13,7 @@ PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 WORK="${WORK:-/tmp/jaxcolor_pipe}"
 N_IMG="${N_IMG:-2000}" BATCH="${BATCH:-512}" BATCHES="${BATCHES:-200}" WORKERS="${WORKERS:-16}"
+CROP="${CROP:-150}" SIZE="${SIZE:-128}"
 START=$(date +%s)
 run() {  # run LIMIT_S LABEL CMD...
   local limit=$1 label=$2; shift 2
@@ -23,12 +24,11 @@ run() {  # run LIMIT_S LABEL CMD...
 nproc > "$OUT/rc.txt"
 run 60 make_jpegs "$PY" benchmarks/input_pipeline.py --path "$WORK/jpegs" --make_synthetic "$N_IMG" --make_only
 run 60 prepare "$PY" -m jaxcolor.prepare shards --source "folder:$WORK/jpegs" --out "$WORK/shards" \
-    --crop 150 --size 128 --workers "$WORKERS"
-PIPE="$PY benchmarks/input_pipeline.py --path $WORK/jpegs --source shards --shards_dir $WORK/shards --settings 150:128 --batch $BATCH --batches $BATCHES --warmup_batches 3"
+    --crop "$CROP" --size "$SIZE" --workers "$WORKERS"
+PIPE="$PY benchmarks/input_pipeline.py --path $WORK/jpegs --source shards --shards_dir $WORK/shards --settings $CROP:$SIZE --batch $BATCH --batches $BATCHES --warmup_batches 3"
 run 60 device $PIPE --augment_on device --workers "$WORKERS" --label device_augment
 run 60 host $PIPE --augment_on host --workers "$WORKERS" --label host_augment
 run 60 host8 $PIPE --augment_on host --workers 8 --label host_augment
-cut -c1-200 "$OUT/pipeline.jsonl"
 python3 -c "
 import json
 for l in open('$OUT/pipeline.jsonl'):
