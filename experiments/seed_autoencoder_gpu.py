@@ -5,7 +5,7 @@ train step takes about 10,100 examples/s at batch 512, while the host-side augme
 (rotation + RGB -> LAB in grain workers) gives 6,517 examples/s from 16 workers even from
 pre-decoded shards. With `data.augment_on="device"` the workers only read uint8 records and the
 rotation, flip and LAB conversion run inside the compiled step (59,927 examples/s host side from
-16 workers; a whole `python -m jaxcolor.train` run went at 10,180-10,236 examples/s with 4).
+16 workers; a whole `python -m jaxcolor.train` run went at 10,177-10,236 examples/s with 4).
 
 Prepare the shards once (`python -m jaxcolor.prepare shards --source folder:.../img_align_celeba
 --out SHARDS --crop 150 --size 128`), then point `--config.data.path` at SHARDS. The batch stays
