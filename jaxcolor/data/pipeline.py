@@ -33,35 +33,36 @@ log = logging.getLogger(__name__)
 
 
 class _SkipBadIterator(grain.DatasetIterator):
-    """Drops marker records of undecodable files, counts them, logs each path once.
+    """Drops marker records of undecodable files, logs each path once and counts distinct files.
 
-    Runs in the main process after the workers, so the count is one number for the whole host;
-    it travels with the iterator state and is attached to every example as `skipped`.
+    Runs in the main process after the workers, so the count is one number for the whole host.
+    A bad file comes back every epoch; counting paths rather than skip events keeps the number
+    what a user asks ("how many of my files are unreadable?"). The paths travel with the
+    iterator state, so a resumed run neither recounts nor re-logs them; the count is attached
+    to every example as `skipped`.
     """
 
     def __init__(self, parent):
         super().__init__(parent)
-        self._skipped = 0
-        self._logged: set[str] = set()
+        self._bad_paths: set[str] = set()
 
     def __next__(self):
         while True:
             element = next(self._parent)
             if transforms.BAD not in element:
-                element["skipped"] = np.int64(self._skipped)
+                element["skipped"] = np.int64(len(self._bad_paths))
                 return element
-            self._skipped += 1
-            path = element[transforms.BAD]
-            if path not in self._logged:
-                self._logged.add(path)
+            path = str(element[transforms.BAD])
+            if path not in self._bad_paths:
+                self._bad_paths.add(path)
                 log.warning("skipping unreadable image %s (%s)", path, element.get("error"))
 
     def get_state(self):
-        return {"parent": self._parent.get_state(), "skipped": self._skipped}
+        return {"parent": self._parent.get_state(), "bad_paths": sorted(self._bad_paths)}
 
     def set_state(self, state):
         self._parent.set_state(state["parent"])
-        self._skipped = int(state["skipped"])
+        self._bad_paths = set(state.get("bad_paths", ()))
 
 
 class _ProcessBlocks(grain.MapDataset):
