@@ -73,7 +73,7 @@ def _assert_close(a, b, rtol, atol):
 
 # The parameters do not depend on the image size: the reference's counts at 128x128 for the
 # default ops, a small input for the other formulations.
-@pytest.mark.parametrize("ops,size", [("phase", 128), ("dilated", 16), ("plain", 16)])
+@pytest.mark.parametrize("ops,size", [("phase", 128), ("dilated", 16), ("plain", 16), ("im2col", 16)])
 def test_parameter_tree_and_initial_values_are_unchanged(ops, size):
     x = jnp.zeros((1, size, size, 1))
     new = ae.SkipAutoencoder(ops=ops).init(jax.random.key(0), x)
@@ -86,7 +86,8 @@ def test_parameter_tree_and_initial_values_are_unchanged(ops, size):
 
 
 @pytest.mark.parametrize("width,size,batch,ops", [
-    (0.25, 16, 3, "phase"), (0.5, 32, 2, "phase"), (0.25, 16, 3, "dilated"), (0.25, 16, 3, "plain")])
+    (0.25, 16, 3, "phase"), (0.5, 32, 2, "phase"), (0.25, 16, 3, "dilated"), (0.25, 16, 3, "plain"),
+    (0.25, 16, 3, "im2col")])
 def test_forward_batch_stats_and_gradients_match_reference(width, size, batch, ops):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(0, 1, (batch, size, size, 1)).astype(np.float32))

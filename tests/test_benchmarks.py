@@ -57,6 +57,24 @@ def test_train_step_benchmark_without_cpu_flags_leaves_xla_flags_alone():
     assert line["xla_flags"] == ""
 
 
+@pytest.mark.parametrize("ops", ["phase", "im2col"])
+def test_conv_layers_benchmark_times_every_conv_against_its_roofline(ops):
+    (line,) = _run("conv_layers.py", "--size", "16", "--batch", "2", "--width", "0.25",
+                   "--steps", "1", "--warmup", "0", "--ops", ops, "--peak_tflops", "1",
+                   "--hbm_tbps", "1")
+    names = [name for name, *_ in train_step.autoencoder_conv_layers(16, 0.25)]
+    assert [r["layer"] for r in line["layers"]] == names and line["ops"] == ops
+    # The layers' FLOPs add up to the hand count as computed, less the input gradients the
+    # model never takes: the first conv's and that of skip64's 1-channel input part.
+    hand = train_step.autoencoder_hand_flops(16, 0.25)
+    enc16, skip64_input = 2 * 16 * 16 * 9 * 1 * 4, 2 * 16 * 16 * 9 * 1 * 16
+    total = sum(r["train_gflop"] for r in line["layers"]) * 1e9 / 2
+    assert round(total) == hand["conv_train_flops_per_example_x3_as_computed"] - enc16 - skip64_input
+    for r in line["layers"]:
+        assert r["forward_ms"] > 0 and r["train_ms"] > 0 and r["bound_by"] in ("compute", "memory")
+        assert r["train_over_roofline"] == pytest.approx(r["train_ms"] / r["roofline_train_ms"])
+
+
 def test_input_pipeline_benchmark(tmp_path):
     folder = str(tmp_path / "imgs")
     write_images(folder, 16, size=(40, 48), ext="jpg")

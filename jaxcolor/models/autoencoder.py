@@ -48,6 +48,7 @@ class SplitInputConv(nn.Module):
 
     features: int
     dtype: Any = jnp.float32
+    single_channel_im2col: bool = False  # 1-channel parts by `im2col_conv`
 
     @nn.compact
     def __call__(self, inputs: Sequence[Any]):
@@ -56,13 +57,33 @@ class SplitInputConv(nn.Module):
         *parts, kernel, bias = nn.dtypes.promote_dtype(*inputs, kernel, bias, dtype=self.dtype)
         y, start = None, 0
         for x, size in zip(parts, sizes):
-            part = lax.conv_general_dilated(
-                x, kernel[:, :, start : start + size], (1, 1), "SAME",
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )
+            k = kernel[:, :, start : start + size]
+            if size == 1 and self.single_channel_im2col:
+                part = im2col_conv(x, k)
+            else:
+                part = lax.conv_general_dilated(
+                    x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
             y = part if y is None else y + part
             start += size
         return y + bias
+
+
+def im2col_conv(x, kernel):
+    """3x3 'same' conv of a 1-channel (B, H, W, 1) map as a matmul of its 9 shifted copies.
+
+    Conv libraries pad a 1-channel input to their vector width and convert layouts around it: on
+    the H100 that cost ~3.9 ms of a 50.8 ms step (benchmarks/RESULTS.md). The (B, H, W, 9) patches
+    are small (9 numbers per pixel against the 16-64 channels of the output), and the matmul over
+    them, with its weight gradient patches^T @ dy, is a plain GEMM on every backend. Accumulates
+    in float32. No faster than the library conv on XLA:CPU (RESULTS.md); not yet measured on a GPU.
+    """
+    b, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches = jnp.concatenate(
+        [xp[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)], axis=-1)
+    y = jnp.einsum("bhwk,kf->bhwf", patches, kernel.reshape(9, -1),
+                   preferred_element_type=jnp.float32)
+    return y.astype(x.dtype)
 
 
 def _conv_params(module, in_features: int, features: int):
@@ -158,6 +179,7 @@ class DilatedUpsampleConv(nn.Module):
 # the upsample + conv, the concatenation before skip64, and the 2x2 max-pool.
 OPS = {
     "phase": ("phase", "split", "elementwise"),  # the fastest on XLA:CPU (RESULTS.md)
+    "im2col": ("phase", "split_im2col", "elementwise"),  # phase + `im2col_conv` (GPU trial)
     "dilated": ("dilated", "split", "elementwise"),
     "plain": ("materialize", "concat", "reduce_window"),  # the reference's ops, as written
 }
@@ -184,7 +206,10 @@ class ConvBlock(nn.Module):
             x = UpsampleConv(self.features, dtype=self.dtype, name="conv")(x)
         elif self.upsample and upsample_form == "dilated":
             x = DilatedUpsampleConv(self.features, dtype=self.dtype, name="conv")(x)
-        elif isinstance(x, (tuple, list)) and concat_form == "split":
+        elif concat_form == "split_im2col" and (isinstance(x, (tuple, list)) or x.shape[-1] == 1):
+            parts = x if isinstance(x, (tuple, list)) else [x]
+            x = SplitInputConv(self.features, self.dtype, True, name="conv")(parts)
+        elif isinstance(x, (tuple, list)) and concat_form.startswith("split"):
             x = SplitInputConv(self.features, dtype=self.dtype, name="conv")(x)
         else:
             if self.upsample:
