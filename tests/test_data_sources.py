@@ -4,6 +4,8 @@ import functools
 import io
 import json
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -217,6 +219,43 @@ def test_tfds_source_reads_the_arrayrecord_layout(tmp_path):
     assert shapes == {(30 + i, 26, 3) for i in range(4)}
     with pytest.raises(ValueError, match="config.data.name"):
         sources.records_for(tiny_config(**{"data.source": "tfds"}).data, "train")
+
+
+def test_tfds_source_is_opened_once_and_by_one_thread_at_a_time(monkeypatch):
+    """grain's read threads in a fresh worker process ask for the source at once; the first open
+    imports tensorflow_datasets, which two threads at a time could deadlock (sources.tfds_source)."""
+    inside, most, opened = [0], [0], []
+    count = threading.Lock()
+
+    real_open = sources._open_tfds_source
+
+    def slow_open(name, data_dir, split):
+        if name != "faces":  # read threads left running by an earlier test's iterator
+            return real_open(name, data_dir, split)
+        with count:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.2)
+        with count:
+            inside[0] -= 1
+        opened.append(object())
+        return opened[-1]
+
+    monkeypatch.setattr(sources, "_open_tfds_source", slow_open)
+    monkeypatch.setattr(sources, "_TFDS_SOURCES", {})
+    barrier, got = threading.Barrier(4), []
+
+    def read():
+        barrier.wait()
+        got.append(sources.tfds_source("faces", "/data", "train"))
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert most[0] == 1 and len(opened) == 1 and len(got) == 4
+    assert all(source is opened[0] for source in got)
 
 
 def test_pipeline_lab_matches_the_shared_conversion():

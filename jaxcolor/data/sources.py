@@ -10,10 +10,10 @@ Split strings follow TFDS: a name (`train`, `validation`, `test`), a slice (`[:1
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
+import threading
 from typing import Any
 
 from jaxcolor.data import shards
@@ -148,12 +148,38 @@ def tfds_records(name: str, data_dir: str, split: str) -> list[dict[str, Any]]:
 
 def tfds_source(name: str, data_dir: str, split: str):
     """`tfds.data_source` of the split, opened once per process: random access over ArrayRecord
-    files, no TensorFlow at training time."""
-    return _tfds_source(name, data_dir, split, os.getpid())
+    files, no TensorFlow at training time.
+
+    The first open imports tensorflow_datasets, inside a grain worker process where several read
+    threads ask for the source at once. Two threads importing it together can deadlock on
+    Python 3.11 (one holds `functools.cached_property`'s lock, shared by all of etils' lazy
+    modules, and waits for a module lock that the other holds while it waits for that same
+    cached_property lock): this hung a 2-worker pipeline for good, now and then. So the first
+    open happens under a lock, in one thread; later calls only read the cache.
+    """
+    key = (name, data_dir, split, os.getpid())
+    source = _TFDS_SOURCES.get(key)
+    if source is None:
+        with _TFDS_OPEN_LOCK:
+            source = _TFDS_SOURCES.get(key)
+            if source is None:
+                source = _TFDS_SOURCES[key] = _open_tfds_source(name, data_dir, split)
+    return source
 
 
-@functools.lru_cache(maxsize=8)
-def _tfds_source(name: str, data_dir: str, split: str, pid: int):
+_TFDS_SOURCES: dict[tuple, Any] = {}
+_TFDS_OPEN_LOCK = threading.Lock()
+
+
+def _new_tfds_open_lock():  # a child forked while another thread held the lock must not inherit it
+    global _TFDS_OPEN_LOCK
+    _TFDS_OPEN_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_tfds_open_lock)
+
+
+def _open_tfds_source(name: str, data_dir: str, split: str):
     try:
         import tensorflow_datasets as tfds
     except ImportError as exc:
