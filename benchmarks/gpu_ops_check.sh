@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check of the autoencoder's op formulations (jaxcolor.models.autoencoder.OPS) for the device
 # tool: `benchmarks/train_step.py` for each of $OPS (default "phase im2col"; the second session
-# ran "phase dilated plain") at 128x128 in bfloat16, one run at a time, each with a 3-step Perfetto trace of its device kernels (summarised by
-# trace_summary.py); then the fastest at a larger batch and in float32. JSON lines in
+# ran "phase dilated plain") at 128x128 in bfloat16, one run at a time, each with a 3-step
+# Perfetto trace of its device kernels (summarised by trace_summary.py); then
+# `benchmarks/conv_layers.py` for each; then the fastest at a larger batch and in float32. JSON lines in
 # $OUT/gpu_ops.jsonl, traces in $OUT/trace_<label>/. Runs must not overlap on one GPU: a first
 # version compiled them concurrently, and the others' cuDNN autotuning disturbed both the timed
 # steps and each run's own autotuning (benchmarks/RESULTS.md).

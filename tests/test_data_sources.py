@@ -256,6 +256,11 @@ def test_tfds_source_is_opened_once_and_by_one_thread_at_a_time(monkeypatch):
         t.join(timeout=30)
     assert most[0] == 1 and len(opened) == 1 and len(got) == 4
     assert all(source is opened[0] for source in got)
+    # A forked child opens its own (no file handles shared with the parent).
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if sources.tfds_source("faces", "/data", "train") is not opened[0] else 1)
+    assert os.waitpid(pid, 0)[1] == 0
 
 
 def test_pipeline_lab_matches_the_shared_conversion():

@@ -147,8 +147,9 @@ def tfds_records(name: str, data_dir: str, split: str) -> list[dict[str, Any]]:
 
 
 def tfds_source(name: str, data_dir: str, split: str):
-    """`tfds.data_source` of the split, opened once per process: random access over ArrayRecord
-    files, no TensorFlow at training time.
+    """`tfds.data_source` of the split, opened once per process (grain's worker processes never
+    share a reader's file handles): random access over ArrayRecord files, no TensorFlow at
+    training time.
 
     The first open imports tensorflow_datasets, inside a grain worker process where several read
     threads ask for the source at once. Two threads importing it together can deadlock on
@@ -157,7 +158,7 @@ def tfds_source(name: str, data_dir: str, split: str):
     cached_property lock): this hung a 2-worker pipeline for good, now and then. So the first
     open happens under a lock, in one thread; later calls only read the cache.
     """
-    key = (name, data_dir, split, os.getpid())
+    key = (name, data_dir, split)
     source = _TFDS_SOURCES.get(key)
     if source is None:
         with _TFDS_OPEN_LOCK:
@@ -171,12 +172,14 @@ _TFDS_SOURCES: dict[tuple, Any] = {}
 _TFDS_OPEN_LOCK = threading.Lock()
 
 
-def _new_tfds_open_lock():  # a child forked while another thread held the lock must not inherit it
-    global _TFDS_OPEN_LOCK
-    _TFDS_OPEN_LOCK = threading.Lock()
+def _forget_tfds_sources():
+    """In a forked child: its own readers (no file handles shared with the parent), and a fresh
+    lock (another thread of the parent may have held it at the fork)."""
+    global _TFDS_SOURCES, _TFDS_OPEN_LOCK
+    _TFDS_SOURCES, _TFDS_OPEN_LOCK = {}, threading.Lock()
 
 
-os.register_at_fork(after_in_child=_new_tfds_open_lock)
+os.register_at_fork(after_in_child=_forget_tfds_sources)
 
 
 def _open_tfds_source(name: str, data_dir: str, split: str):

@@ -77,7 +77,7 @@ def im2col_conv(x, kernel):
     them, with its weight gradient patches^T @ dy, is a plain GEMM on every backend. Accumulates
     in float32. No faster than the library conv on XLA:CPU (RESULTS.md); not yet measured on a GPU.
     """
-    b, h, w, _ = x.shape
+    _, h, w, _ = x.shape
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     patches = jnp.concatenate(
         [xp[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)], axis=-1)
@@ -208,7 +208,8 @@ class ConvBlock(nn.Module):
             x = DilatedUpsampleConv(self.features, dtype=self.dtype, name="conv")(x)
         elif concat_form == "split_im2col" and (isinstance(x, (tuple, list)) or x.shape[-1] == 1):
             parts = x if isinstance(x, (tuple, list)) else [x]
-            x = SplitInputConv(self.features, self.dtype, True, name="conv")(parts)
+            x = SplitInputConv(self.features, self.dtype, single_channel_im2col=True,
+                               name="conv")(parts)
         elif isinstance(x, (tuple, list)) and concat_form.startswith("split"):
             x = SplitInputConv(self.features, dtype=self.dtype, name="conv")(x)
         else:
