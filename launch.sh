@@ -69,8 +69,13 @@ cmd_tpu_vm() {
   run gcloud compute tpus tpu-vm scp "$archive" "$name:~/jaxcolor.tar.gz" --zone "$zone" --worker=all
   local flags
   flags="$(printf ' %q' "$@")"
+  # The code goes to ~/jaxcolor, which is also where relative paths (--config experiments/...,
+  # the default --workdir runs/default) resolve. A relaunch (to resume) replaces only the files of
+  # the previous archive, listed in ~/jaxcolor/.launch_files: workdirs are never in the archive
+  # (runs/ is git-ignored), so every checkpoint survives. On a multi-host pod each host has its
+  # own disk: give --workdir a directory all hosts share (README, "Scale-out").
   run gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command \
-    "set -e; rm -rf ~/jaxcolor && mkdir ~/jaxcolor && tar -xzf ~/jaxcolor.tar.gz -C ~/jaxcolor && cd ~/jaxcolor && pip install -q -e . 'jax[tpu]' && python3 -m jaxcolor.train$flags"
+    "set -e; mkdir -p ~/jaxcolor && cd ~/jaxcolor && if [ -f .launch_files ]; then grep -v '/\$' .launch_files | xargs -r -d '\n' rm -f --; fi && tar -xzf ~/jaxcolor.tar.gz && tar -tzf ~/jaxcolor.tar.gz > .launch_files && pip install -q -e . 'jax[tpu]' && python3 -m jaxcolor.train$flags"
 }
 
 cmd_slurm() {

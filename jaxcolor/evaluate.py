@@ -4,8 +4,12 @@ Scores a trained run on a split: PSNR, SSIM, ab errors, AuC (plain and, with `--
 class-rebalanced) and colorfulness (see `jaxcolor.metrics`), for the model and for the gray
 baseline (a = b = 0) in the same pass, at the model's resolution. The batches go through the same
 padded `pipeline.eval_batches` and the same device mesh as training's evaluation; the metric sums
-stay on the devices until the end. Writes `RUN/eval_<split>_<step>.json` and prints a table.
-`evaluate(workdir, ...)` is the same as a Python function.
+stay on the devices until the end. Prints a table (with the step used and why: asked for, the
+best by validation loss, or the latest), then writes the record to `--out FILE` (default
+`RUN/eval_<split>_<step>.json`, atomically: an earlier record is replaced only by a complete new
+one). A split none of whose images could be read is an error (exit 1, nothing written), never a
+score; one partly unreadable reports how many it skipped. `evaluate(workdir, ...)` is the same
+as a Python function.
 """
 
 from __future__ import annotations
@@ -61,8 +65,9 @@ def evaluate(workdir: str, split: str = "validation", step: int | None = None, o
              ab_prior: str | None = None, write: bool = True, mesh=None,
              temperature: float | None = None) -> dict:
     """Evaluates the best (or given) checkpoint of `workdir` on `split`; returns the record
-    written to `RUN/eval_<split>_<step>.json`: {'model': {...}, 'gray': {...}, ...}.
-    `temperature` is the annealed-mean T of a classification run (default: its config's)."""
+    {'model': {...}, 'gray': {...}, 'count', 'skipped', ...}, also written (atomically) to
+    `RUN/eval_<split>_<step>.json` when `write`. `temperature` is the annealed-mean T of a classification run (default: its
+    config's). `pipeline.NothingEvaluatedError` if no image of the split could be read."""
     mesh = parallel.make_mesh() if mesh is None else mesh
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
     run = runs.load_run(workdir, step, overrides, sharding=repl, temperature=temperature)
@@ -80,11 +85,14 @@ def evaluate(workdir: str, split: str = "validation", step: int | None = None, o
                                        jax.process_count(), records):
         sums = metrics.add(sums, compiled(run.variables, parallel.to_global(batch, data)))
     host = parallel.fetch(sums)
+    count = int(round(float(host["model"]["count"])))
+    skipped = pipeline.count_skipped(count, records, spec)  # none read: an error, not a score
     result = {
         "workdir": os.path.abspath(workdir),
         "split": split,
         "split_spec": spec,
         "step": run.step,
+        "step_reason": run.step_reason,
         "image_size": int(config.data.image_size),
         "crop": int(config.data.crop),
         "data_path": config.data.path if config.data.source == "folder" else "sample",
@@ -97,10 +105,22 @@ def evaluate(workdir: str, split: str = "validation", step: int | None = None, o
         "gray": metrics.summarize(host["gray"]),
     }
     result["count"] = result["model"]["count"]
+    result["skipped"] = skipped
     if write and jax.process_index() == 0:
-        with open(result_path(workdir, split, run.step, temperature), "w") as f:
-            json.dump(result, f, indent=2)
+        write_result(result, result_path(workdir, split, run.step, temperature))
     return result
+
+
+def write_result(result: dict, path: str) -> None:
+    """Writes the record atomically: a failed write leaves an earlier file as it was."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _records(config, spec: str, workdir: str):
@@ -138,8 +158,11 @@ def format_table(result: dict) -> str:
     lines.insert(1, "-" * len(lines[0]))
     size = result["image_size"]
     lines.append(
-        f"{result['count']} images of split {result['split']} ({result['split_spec']}) at "
-        f"{size}x{size} (model resolution), step {result['step']}. RGB metrics on sRGB in [0, 1] "
+        f"{result['count']} images of split {result['split']} ({result['split_spec']})"
+        + (f", {result['skipped']} unreadable ones skipped," if result.get("skipped") else "")
+        + f" at {size}x{size} (model resolution), step {result['step']}"
+        + (f" ({result['step_reason']})" if result.get("step_reason") else "")
+        + f". RGB metrics on sRGB in [0, 1] "
         f"(data range {result['rgb_data_range']}), true L + predicted ab; ab errors in LAB units; "
         f"AuC over ab thresholds 0..{metrics.AUC_MAX_THRESHOLD:.0f}; CF = colorfulness (0..255 "
         f"RGB; ground truth {result['model']['colorfulness_true']:.2f}); gray = a=b=0 baseline."
@@ -164,6 +187,8 @@ def parse_args(argv):
     parser.add_argument("--ab_prior", default=None,
                         help=".npz with ab_centers (Q,2) and probs (Q,): adds the "
                              "class-rebalanced AuC (a run's RUN/data/ab_prior.npz is one)")
+    parser.add_argument("--out", default=None, metavar="FILE",
+                        help="where the JSON record goes (default: RUN/eval_<split>_<step>.json)")
     parser.add_argument("--temperature", type=float, default=None,
                         help="classification runs: annealed-mean temperature T (0 = the mode, "
                              "1 = the mean; default: the run's config.loss.temperature, 0.38)")
@@ -181,15 +206,30 @@ def main(argv=None) -> int:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
+    if args.out and os.path.isdir(args.out):
+        parser_error = f"--out {args.out}: is a folder; expected a file name for the JSON record"
+        print(f"error: {parser_error}", file=sys.stderr)
+        return 2
     try:
         result = evaluate(args.workdir, args.split, args.step, overrides, args.ab_prior,
-                          temperature=args.temperature)
+                          write=False, temperature=args.temperature)
+    except pipeline.NothingEvaluatedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if jax.process_index() == 0:
-        print(format_table(result))
-        print(f"wrote {result_path(args.workdir, args.split, result['step'], args.temperature)}")
+    if jax.process_index() != 0:
+        return 0
+    print(format_table(result), flush=True)  # first: a failed write below loses no numbers
+    path = args.out or result_path(args.workdir, args.split, result["step"], args.temperature)
+    try:
+        write_result(result, path)
+    except OSError as exc:
+        print(f"error: could not write {path} ({exc.strerror or exc}); the table above is the "
+              "result; pass --out FILE to write it elsewhere", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
     return 0
 
 

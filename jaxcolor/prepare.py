@@ -10,6 +10,16 @@
 Each subcommand is a function of its argument list, registered in `COMMANDS`; adding one is
 adding a function and a row.
 
+`shards` resumes: rerun into the same --out, it keeps each shard finished under the same plan
+(its sidecar `SHARD.json` records the plan, size and SHA-256) and writes the rest. A finished
+shard is kept only if it still matches its sidecar: the size always (one stat, so a shard
+truncated after the run is caught on every rerun), the SHA-256 too with --verify (it reads every
+shard: bytes changed in place with the size kept pass unnoticed without it). A shard that
+differs is rewritten from its source files, with a line on stderr naming it and what differed,
+and the manifest, written last, reports the sizes and digests of the files as they are. With
+everything intact and the manifest there, a rerun changes no shard. The reader names a damaged
+shard in its errors and suggests exactly this rerun with --verify (`jaxcolor.data.shards`).
+
     python -m jaxcolor.prepare shards --source folder:/data/img_align_celeba --out /data/shards \\
         --crop 150 --size 128 --workers 2
     python -m jaxcolor.prepare tfds-convert --name celeb_a --data_dir ~/tensorflow_datasets
@@ -47,6 +57,9 @@ def _parse_shards_args(argv):
                    help="decoding processes; 0 = in this process")
     p.add_argument("--encoding", choices=shards.ENCODINGS, default="raw",
                    help="raw uint8 (fastest to read) or lossless PNG (smaller)")
+    p.add_argument("--verify", action="store_true",
+                   help="on resume, also compare each finished shard's SHA-256 with its sidecar "
+                        "(reads every shard; without it only sizes are compared)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -102,6 +115,23 @@ def _complete(out: str, name: str, plan_digest: str) -> dict | None:
     return side
 
 
+def _damage(out: str, side: dict, verify: bool) -> str | None:
+    """How a finished shard's file differs from its sidecar, or None if it does not.
+
+    A shard can be truncated or overwritten after its run finished (a full disk, a copy cut
+    short), and the sidecar would still call it complete. The size is always compared (one
+    stat); the SHA-256 only with `verify`, since it reads the whole directory."""
+    path = os.path.join(out, side["name"])
+    size = os.path.getsize(path)
+    if size != side["bytes"]:
+        return f"{size} bytes, its sidecar says {side['bytes']}"
+    if verify:
+        digest = _sha256(path)
+        if digest != side["sha256"]:
+            return f"sha256 {digest}, its sidecar says {side['sha256']}"
+    return None
+
+
 class _ShardWriter:
     """Writes one shard to a temporary name; `finish` renames it and writes its sidecar."""
 
@@ -147,9 +177,12 @@ def _map(jobs, workers: int):
 
 
 def write_shards(source: str, out: str, crop: int, size: int, num_shards: int = 0,
-                 workers: int = 0, encoding: str = "raw", progress: bool = False) -> dict:
-    """Writes (or finishes) a shard directory; returns its manifest. Shards already complete
-    under the same plan (source listing, crop, size, encoding, shard count) are kept."""
+                 workers: int = 0, encoding: str = "raw", progress: bool = False,
+                 verify: bool = False) -> dict:
+    """Writes (or finishes) a shard directory; returns its manifest (plus `seconds` and
+    `redone`, the shards found damaged and rewritten). Shards already complete under the same
+    plan (source listing, crop, size, encoding, shard count) are kept if their size (and with
+    `verify` their SHA-256) still matches their sidecar; the others are rewritten."""
     folder = _folder_of(source)
     files = sources.list_image_files(folder)
     partition = sources._celeba_partition(folder)
@@ -167,6 +200,14 @@ def write_shards(source: str, out: str, crop: int, size: int, num_shards: int = 
     bounds = [(i * n // num_shards, (i + 1) * n // num_shards) for i in range(num_shards)]
     names = [shards.shard_name(i, num_shards) for i in range(num_shards)]
     done = {name: _complete(out, name, plan_digest) for name in names}
+    redone = []
+    for name, side in done.items():
+        why = side and _damage(out, side, verify)
+        if why:
+            print(f"shard {os.path.join(out, name)} is damaged ({why}): redoing it",
+                  file=sys.stderr)
+            done[name] = None
+            redone.append(name)
     pending = [i for i, name in enumerate(names) if done[name] is None]
     manifest_path = os.path.join(out, shards.MANIFEST)
     t0 = time.perf_counter()
@@ -216,14 +257,14 @@ def write_shards(source: str, out: str, crop: int, size: int, num_shards: int = 
         "files": entries,
     }
     _atomic_json(manifest_path, manifest)
-    manifest["seconds"] = seconds
+    manifest["seconds"], manifest["redone"] = seconds, redone
     return manifest
 
 
 def shards_main(argv) -> int:
     args = _parse_shards_args(argv)
     m = write_shards(args.source, args.out, args.crop, args.size, args.num_shards, args.workers,
-                     args.encoding, progress=not args.quiet)
+                     args.encoding, progress=not args.quiet, verify=args.verify)
     for row in m["skipped"]:
         print(f"skipped {row['path']}: {row['error']}", file=sys.stderr)
     print(json.dumps({"out": args.out, "count": m["count"], "listed": m["listed"],

@@ -25,6 +25,7 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -145,9 +146,13 @@ def format_diff(diff) -> str:
 
 def check_config(workdir: str, config, allow_change: bool) -> list[tuple[str, Any, Any]]:
     """Compares `WORKDIR/config.json` (if any) with `config`; raises ConfigChangedError listing
-    the differing fields unless `allow_change`. Returns the differences."""
+    the differing fields unless `allow_change`. Returns the differences.
+
+    Only a run that saved a checkpoint is protected: the config.json of a session that failed
+    before its first checkpoint describes nothing on disk, and refusing the corrected rerun
+    would only be in the way."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    if not os.path.exists(path) or not _has_checkpoint(workdir):
         return []
     with open(path) as f:
         saved = json.load(f)
@@ -158,6 +163,11 @@ def check_config(workdir: str, config, allow_change: bool) -> list[tuple[str, An
             f"(saved -> new):\n{format_diff(diff)}\nUse another --workdir, or pass "
             "--allow_config_change to continue this run with the new config.")
     return diff
+
+
+def _has_checkpoint(workdir: str) -> bool:
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,11 +254,21 @@ def read(workdir: str) -> dict | None:
 
 
 def write(workdir: str, record: dict) -> None:
+    """Replaces run.json atomically. A failed write (a full disk) leaves the previous record in
+    place and is logged, never raised: the record must not turn into the run's error."""
     path = os.path.join(workdir, RUN_JSON)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=2)
+        os.replace(tmp, path)
+    except OSError as exc:
+        logging.getLogger("jaxcolor").warning("could not update %s (%s); it keeps its previous "
+                                              "content", path, exc.strerror or exc)
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
 
 
 class RunRecord:
@@ -294,9 +314,10 @@ class RunRecord:
         self.record = record
         write(self.workdir, record)
 
-    def progress(self, step: int) -> None:
-        """A checkpoint of `step` was written: a later kill still shows how far this got."""
-        if self.enabled and self.record:
+    def progress(self, step: int | None) -> None:
+        """A checkpoint of `step` is complete on disk: a later kill still shows how far this got
+        (None: none is complete yet)."""
+        if self.enabled and self.record and step is not None:
             self.record["history"][-1]["end_step"] = int(step)
             write(self.workdir, self.record)
 

@@ -13,6 +13,8 @@ asked for. A training workdir holds `config.json` and `checkpoints/<step>/{state
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -22,9 +24,12 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxcolor import losses, parallel
+from jaxcolor import checkpoint, losses, parallel
 from jaxcolor.configs.default import get_config as default_config
 from jaxcolor.models import build_model
+
+
+log = logging.getLogger("jaxcolor")
 
 
 class RunError(FileNotFoundError):
@@ -141,6 +146,19 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 def select_step(workdir: str, step: int | None = None) -> int:
     """`step` if given (and present); else the best step by validation loss, else the latest."""
+    return choose_step(workdir, step)[0]
+
+
+def choose_step(workdir: str, step: int | None = None) -> tuple[int, str]:
+    """(step, why): `step` if given (and present); else the best step by validation loss that
+    the training loop recorded (`best_step` in the `loop` item of the latest checkpoint), else
+    the latest. `why` says which rule chose it, in words a command can print."""
+    return _candidates(workdir, step)[0]
+
+
+def _candidates(workdir: str, step: int | None) -> list[tuple[int, str]]:
+    """The steps to try, in order, each with why: the asked-for step alone; else the best, then
+    the latest, then the others newest first (the fallbacks for a damaged checkpoint)."""
     manager = _manager(workdir)
     try:
         steps = sorted(manager.all_steps())
@@ -148,13 +166,31 @@ def select_step(workdir: str, step: int | None = None) -> int:
             if step not in steps:
                 raise RunError(f"{manager.directory}: no checkpoint for step {step}; "
                                f"available: {steps}")
-            return step
+            return [(step, "asked for with --step")]
         latest = steps[-1]
-        loop = manager.restore(latest, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
-        best = int((loop["loop"] or {}).get("best_step", -1))
-        return best if best in steps else latest
+        loop = _loop(manager, latest)
+        best = int(loop.get("best_step", -1))
+        if best in steps:
+            first = (best, f"the best by validation loss ({loop.get('best_val_loss', math.nan):.6g}"
+                           f"{'' if best == latest else f'; the latest is {latest}'})")
+        elif best > 0:
+            first = (latest, f"the latest: the best step {best} recorded by training is no "
+                             "longer on disk")
+        else:
+            first = (latest, "the latest (no validation loss recorded)")
+        rest = [(s, "the newest undamaged checkpoint")
+                for s in sorted(steps, reverse=True) if s != first[0]]
+        return [first, *rest]
     finally:
         manager.close()
+
+
+def _loop(manager, step: int) -> dict:
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
+    except Exception:  # noqa: BLE001 - an unreadable loop record: the state may still be fine
+        return {}
+    return dict(restored["loop"] or {})
 
 
 def restore_variables(workdir: str, config, step: int, sharding=None) -> dict:
@@ -175,18 +211,31 @@ def restore_variables(workdir: str, config, step: int, sharding=None) -> dict:
     target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), target)
-    _check_stored_shapes(workdir, os.path.join(manager.directory, str(step), "state"), target)
-    args = ocp.args.PyTreeRestore(
-        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-        partial_restore=True)
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RunError(f"{manager.directory}/{step}/state: does not hold the model that "
-                       f"{os.path.join(workdir, 'config.json')} describes ({exc})") from None
+        try:
+            _check_stored_shapes(workdir, os.path.join(manager.directory, str(step), "state"),
+                                 target)
+            args = ocp.args.PyTreeRestore(
+                item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                partial_restore=True)
+            restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+        except RunError:
+            raise
+        except (KeyError, TypeError) as exc:
+            raise RunError(f"{manager.directory}/{step}/state: does not hold the model that "
+                           f"{os.path.join(workdir, 'config.json')} describes ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - tensorstore's errors for unreadable files
+            raise checkpoint.DamagedCheckpointError(
+                f"{manager.directory}/{step}: unreadable ({type(exc).__name__}: "
+                f"{exc})"[:300]) from None
+        variables = {"params": restored["params"],
+                     "batch_stats": restored.get("batch_stats", {})}
+        saved = _loop(manager, step).get(checkpoint.CHECKSUMS)
+        checkpoint.verify(f"{manager.directory}/{step}", saved,
+                          {part: checkpoint.digest(tree) for part, tree in variables.items()})
     finally:
         manager.close()
-    return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+    return variables
 
 
 def _check_stored_shapes(workdir: str, state_dir, expected: dict) -> None:
@@ -220,6 +269,7 @@ class Run(NamedTuple):
     model: Any
     variables: dict
     decode: Callable = jnp.asarray  # replaced by load_run; see losses.make_decode
+    step_reason: str = ""  # why this step: asked for, the best by validation loss, the latest
 
     def apply(self, variables, l_input):
         """Inference-mode forward pass: (B, S, S, 1) L/100 -> (B, S, S, 2) ab/128 float32."""
@@ -243,10 +293,24 @@ def load_run(workdir: str, step: int | None = None, overrides=(), sharding=None,
     """Config + the best (or given) checkpoint's variables, ready for evaluation. `temperature`
     overrides the run's `loss.temperature` (classification runs only; ignored otherwise)."""
     config = _with_temperature(apply_overrides(read_config(workdir), overrides), temperature)
-    chosen = select_step(workdir, step)
-    variables = restore_variables(workdir, config, chosen, sharding)
-    model = build_model(config.model, config.dtype, **losses.head(config.loss))
-    return Run(workdir, config, chosen, model, variables, losses.make_decode(config.loss))
+    damaged = []
+    for chosen, why in _candidates(workdir, step):
+        try:
+            variables = restore_variables(workdir, config, chosen, sharding)
+        except checkpoint.DamagedCheckpointError as exc:
+            if step is not None:
+                raise RunError(f"{exc}; choose another --step (available: "
+                               f"{checkpoint_steps(workdir)})") from None
+            log.warning("skipping damaged checkpoint: %s", exc)
+            damaged.append(chosen)
+            continue
+        if damaged:
+            why = (f"{why}: step(s) {', '.join(map(str, damaged))} damaged (checksum mismatch "
+                   "or unreadable)")
+        model = build_model(config.model, config.dtype, **losses.head(config.loss))
+        return Run(workdir, config, chosen, model, variables, losses.make_decode(config.loss),
+                   why)
+    raise RunError(f"{workdir}: every checkpoint is damaged (steps {damaged})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +335,7 @@ class Colorizer(NamedTuple):
     image_size: int
     step: int | None = None
     workdir: str | None = None
+    step_reason: str = ""
 
     @classmethod
     def from_module(cls, module, variables, image_size: int, decode: Callable | None = None,
@@ -296,4 +361,5 @@ def load_colorizer(workdir: str, step: int | None = None,
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     run = load_run(workdir, step, sharding=device, temperature=temperature)
     return Colorizer.from_module(run.model, run.variables, run.config.data.image_size,
-                                 decode=run.decode, step=run.step, workdir=workdir)
+                                 decode=run.decode, step=run.step, workdir=workdir,
+                                 step_reason=run.step_reason)

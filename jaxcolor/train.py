@@ -21,6 +21,7 @@ workdir at a time: process 0 holds an exclusive lock on `WORKDIR/train.lock` for
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -40,6 +41,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxcolor import ab_prior, checkpoint, images, losses, parallel, run_record
+from jaxcolor import config as config_lib
 from jaxcolor import step as step_lib
 from jaxcolor.data import device_augment, pipeline, transforms
 from jaxcolor.logbook import Logbook
@@ -48,7 +50,8 @@ from jaxcolor.models import build_model, load_pretrained_weights, param_labels_f
 log = logging.getLogger("jaxcolor")
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: checkpointed on a stop request; rerun to resume
-EXIT_CONFIG_CHANGED = 2  # the workdir holds a run with another config, or is in use
+EXIT_USAGE = 2  # a bad flag, config field or data path: nothing was written or compiled
+EXIT_CONFIG_CHANGED = EXIT_USAGE  # the workdir holds a run with another config, or is in use
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 
 
@@ -131,6 +134,8 @@ class Trainer:
         return parallel.first_replica(tree) if self.pmap else parallel.fetch(tree)
 
     def evaluate(self, state, records) -> dict[str, float]:
+        """The validation metrics, with `skipped` = images of the split that could not be read;
+        `pipeline.NothingEvaluatedError` when none could."""
         cfg = self.config
         share = pipeline.per_process_batch(cfg.batch_size, jax.process_count())
         sums = None
@@ -139,7 +144,9 @@ class Trainer:
         ):
             out = self.eval_step(state, self.put(batch))
             sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        return step_lib.summarize_eval(self.fetch(sums))
+        summary = step_lib.summarize_eval(self.fetch(sums))
+        summary["skipped"] = pipeline.count_skipped(summary["count"], records, cfg.data.val_split)
+        return summary
 
     def preview(self, state, preview_batch) -> np.ndarray:
         """Gray | prediction | truth grid on fixed validation images, on this process alone."""
@@ -208,8 +215,10 @@ def run(config, workdir: str, should_stop=None, allow_config_change: bool = Fals
     arrived); when it says yes, the run checkpoints the current step, waits for the write to
     complete and returns with `summary["interrupted"] = True`. Rerunning resumes.
     Raises `run_record.ConfigChangedError` when `workdir` holds a run with another config,
-    unless `allow_config_change`. `command` is recorded in run.json (default: sys.argv).
+    unless `allow_config_change`, and `jaxcolor.config.ConfigError` for a config it cannot run,
+    before anything is created or written. `command` is recorded in run.json (default: sys.argv).
     """
+    config_lib.validate(config)
     stop_request = None
     if should_stop is None:
         should_stop = stop_request = StopRequest().install()
@@ -248,32 +257,38 @@ def _locked_run(config, workdir, should_stop, allow_config_change, command) -> d
     record = run_record.RunRecord(workdir, enabled=is_main)
 
     state, abstract = trainer.init_state(init_key(config.seed))
+    # Closed on every way out: an open manager's background threads outlive a start-up error
+    # and print orbax tracebacks after the error message at interpreter exit.
     manager = checkpoint.make_manager(workdir, config.keep)
-
-    dataset = pipeline.train_dataset(
-        config.data, config.batch_size, config.seed, jax.process_index(), jax.process_count()
-    )
-    iterator = iter(dataset)
-    loop = {"best_val_loss": math.inf, "best_step": -1, "bad_evals": 0, "stopped_early": False}
-    start = 0
-    restored = checkpoint.restore_latest(manager, abstract)
-    if restored is not None:
-        start, state, data_state, loop = restored
-        iterator.set_state(data_state)
-        logbook.truncate_after(start)
-        log.info("resumed from %s at step %d", manager.directory, start)
-    else:
-        logbook.truncate_after(0)  # rows of a session killed before its first checkpoint
-    record.start(config, start, changes, command)
     try:
-        return _train(config, workdir, should_stop, trainer, logbook, record, manager, state,
-                      iterator, loop, start)
-    except BaseException as exc:
-        status = "failed"
-        if isinstance(exc, KeyboardInterrupt):
-            status = "interrupted"
-        record.end(status, None, f"{type(exc).__name__}: {exc}"[:2000])
-        raise
+        dataset = pipeline.train_dataset(
+            config.data, config.batch_size, config.seed, jax.process_index(),
+            jax.process_count())
+        iterator = iter(dataset)
+        loop = {"best_val_loss": math.inf, "best_step": -1, "bad_evals": 0,
+                "stopped_early": False}
+        start = 0
+        restored = checkpoint.restore_latest(manager, abstract)
+        if restored is not None:
+            start, state, data_state, loop = restored
+            iterator.set_state(data_state)
+            logbook.truncate_after(start)
+            log.info("resumed from %s at step %d", manager.directory, start)
+        else:
+            logbook.truncate_after(0)  # rows of a session killed before its first checkpoint
+        record.start(config, start, changes, command)
+        try:
+            return _train(config, workdir, should_stop, trainer, logbook, record, manager,
+                          state, iterator, loop, start)
+        except BaseException as exc:
+            status = "failed"
+            if isinstance(exc, KeyboardInterrupt):
+                status = "interrupted"
+            record.end(status, checkpoint.last_complete_step(str(manager.directory)),
+                       f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+    finally:
+        checkpoint.close(manager, failing=sys.exc_info()[0] is not None)
 
 
 def _train(config, workdir, should_stop, trainer, logbook, record, manager, state, iterator,
@@ -338,7 +353,9 @@ def _train(config, workdir, should_stop, trainer, logbook, record, manager, stat
         flush(step)
         checkpoint.save(manager, step, trainer.to_global_form(state), data_state,
                         dict(loop, skipped_files=skipped), val_loss)
-        record.progress(step)
+        # The save above is asynchronous, but it began by finishing the previous one: run.json
+        # records the newest checkpoint that is complete on disk, never one still being written.
+        record.progress(checkpoint.last_complete_step(str(manager.directory)))
 
     interrupted = False
     try:
@@ -383,8 +400,15 @@ def _train(config, workdir, should_stop, trainer, logbook, record, manager, stat
         batches.close()  # stops the prefetch thread before the iterator goes away
         iterator.close()  # stops grain's worker processes now, not at interpreter exit
         progress.close()
-        manager.wait_until_finished()
         logbook.close()
+        if sys.exc_info()[0] is None:
+            checkpoint.wait(manager)  # a failed last write is this run's error
+        else:
+            try:  # the error in flight is the one to report; this only lets the write end
+                manager.wait_until_finished()
+            except Exception:  # noqa: BLE001
+                log.warning("the pending checkpoint write failed too")
+    record.progress(checkpoint.last_complete_step(str(manager.directory)))
 
     state = trainer.to_global_form(state)
     if interrupted:
@@ -417,9 +441,30 @@ def _progress(enabled: bool, start: int, total: int):
                 desc="train", file=sys.stderr)
 
 
+def _exit_with(error, status: int):
+    """One line on stderr, then exit: flushed first, so nothing printed at exit follows it."""
+    sys.stdout.flush()
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def _override_error(exc: Exception, argv) -> str:
+    """ml_collections' message for a bad `--config.FIELD` (with its "did you mean"), one line."""
+    text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    text = " ".join(text.replace("\\n", " ").replace("\n", " ").split()).strip("'\" ")
+    text = text.replace("\\'", "'").replace("\\", "")
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    return f"{' '.join(bad) or '--config'}: unknown config field {text}"
+
+
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file (get_config()).",
-                                lock_config=True)
+try:  # ml_collections defines one flag per `--config.FIELD` of sys.argv here, at import
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
+                                    "Experiment config file (get_config()).", lock_config=True)
+except (AttributeError, KeyError) as _exc:
+    if __name__ != "__main__":
+        raise
+    _exit_with(_override_error(_exc, sys.argv), EXIT_USAGE)
 flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, logs and images go.")
 flags.DEFINE_string("coordinator", "", "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
@@ -434,16 +479,70 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and grain are chatty at INFO
+    _quiet_disk_full()
+    try:
+        config_lib.validate(FLAGS.config)  # before the cluster forms: every process says it
+    except config_lib.ConfigError as exc:
+        _exit_with(exc, EXIT_USAGE)
     parallel.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     try:
         summary = run(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change,
                       command=[sys.executable, "-m", "jaxcolor.train", *sys.argv[1:]])
-    except (run_record.ConfigChangedError, run_record.WorkdirBusyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG_CHANGED)
+    except (run_record.ConfigChangedError, run_record.WorkdirBusyError,
+            config_lib.ConfigError) as exc:
+        _exit_with(exc, EXIT_USAGE)
+    except (checkpoint.CheckpointWriteError, pipeline.NothingEvaluatedError, NonFiniteError) as exc:
+        _exit_with(exc, 1)
+    except (FileNotFoundError, ValueError) as exc:  # data that is not what the config says
+        _exit_with(exc, EXIT_USAGE)
+    except OSError as exc:
+        if not _is_disk_full(exc):
+            raise
+        last = checkpoint.last_complete_step(os.path.join(FLAGS.workdir, "checkpoints"))
+        _exit_with(f"no space left on {checkpoint.mount_point(FLAGS.workdir)} while writing "
+                   f"{exc.filename or 'to ' + FLAGS.workdir}; the last complete checkpoint is "
+                   f"{'none' if last is None else last}", 1)
     if summary.get("interrupted"):
         sys.exit(EXIT_INTERRUPTED)
 
 
+def _is_disk_full(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class _DiskFullFilter(logging.Filter):
+    """Drops the tracebacks background writers (orbax's save threads) log for a full disk:
+    `main` reports it once, in one line, with what was kept."""
+
+    def filter(self, record):
+        return not (record.exc_info and _is_disk_full(record.exc_info[1])
+                    or "No space left on device" in record.getMessage())
+
+
+def _quiet_disk_full():
+    logging.getLogger("absl").addFilter(_DiskFullFilter())
+    previous = threading.excepthook
+
+    def hook(args):  # tensorboardX's writer thread dies with the same error
+        if not _is_disk_full(args.exc_value):
+            previous(args)
+
+    threading.excepthook = hook
+
+
+def parse_flags(argv):
+    """absl's parser, but a bad flag value is one line and exit status 2, not a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as exc:
+        _exit_with(exc, EXIT_USAGE)
+    except (AttributeError, KeyError) as exc:
+        _exit_with(_override_error(exc, argv), EXIT_USAGE)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

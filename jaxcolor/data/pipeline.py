@@ -191,6 +191,21 @@ def _no_skips(batch: dict) -> dict:
     return batch
 
 
+class NothingEvaluatedError(ValueError):
+    """An evaluation pass in which no image of the split could be read."""
+
+
+def count_skipped(count: int, records: list, split: str) -> int:
+    """How many of the split's `records` an evaluation pass that scored `count` images skipped as
+    unreadable (every process sees the same records and the same global count, so this needs
+    no collective). Zero images scored is an error, never a perfect (or any) score."""
+    if count <= 0:
+        raise NothingEvaluatedError(
+            f"split {split!r}: none of its {len(records)} images could be read (see the warnings "
+            "above for each file); nothing was evaluated")
+    return len(records) - int(count)
+
+
 def eval_records(data_config, split: str) -> list[dict[str, Any]]:
     records = sources.records_for(data_config, split)
     if data_config.eval_examples > 0:
@@ -223,7 +238,8 @@ def eval_batches(
         for element in it:
             if transforms.BAD in element:
                 skipped += 1
-                log.warning("skipping unreadable image %s", element[transforms.BAD])
+                log.warning("skipping unreadable image %s (%s)", element[transforms.BAD],
+                            element.get("error"))
                 continue
             rows.append(element)
             if len(rows) == batch_size:

@@ -1,0 +1,135 @@
+"""Checking a training config before anything runs.
+
+A bad value found after XLA compiled the step (minutes on a large model) or after the workdir
+was written (a `config.json` holding `batch_size=-8` makes the corrected rerun look like a config
+change) costs the user time and, worse, trust. `validate` looks at every field the trainer reads
+and raises `ConfigError` with one line naming the first wrong field (`config.data.image_size`,
+not the model's internal requirement) and what was expected. `train` calls it before it creates,
+locks or writes anything.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+
+SOURCES = ("sample", "folder", "shards", "tfds")
+# The side a model needs its input to be a multiple of: the autoencoder pools twice (2x2), the
+# ResNet50 seed model concatenates its 1/4 features back at full size, the U-Net taps 1/16.
+SIZE_MULTIPLE = {"autoencoder": 4, "resnet50_seed": 4, "resnet50_unet": 16}
+
+
+class ConfigError(ValueError):
+    """A config field with a value the framework cannot run with."""
+
+
+def _int(config, field: str, minimum: int) -> int:
+    value = _get(config, field)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"config.{field}={value!r}: expected an integer >= {minimum}")
+    if value < minimum:
+        raise ConfigError(f"config.{field}={value}: expected an integer >= {minimum}")
+    return int(value)
+
+
+def _float(config, field: str, minimum: float = 0.0, positive: bool = False,
+           below: float | None = None) -> float:
+    value = _get(config, field)
+    what = (f"a finite number {'>' if positive else '>='} {minimum:g}"
+            + (f" and < {below:g}" if below is not None else ""))
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"config.{field}={value!r}: expected {what}")
+    bad = (not math.isfinite(value) or value < minimum or (positive and value <= minimum)
+           or (below is not None and value >= below))
+    if bad:
+        raise ConfigError(f"config.{field}={value!r}: expected {what}")
+    return float(value)
+
+
+def _choice(config, field: str, choices) -> str:
+    value = _get(config, field)
+    if value not in choices:
+        raise ConfigError(f"config.{field}={value!r}: expected one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def _get(config, field: str):
+    node = config
+    for part in field.split("."):
+        node = node[part]
+    return node
+
+
+def validate(config) -> None:
+    """Raises ConfigError naming the first field of `config` the trainer cannot run with."""
+    from jaxcolor import losses
+    from jaxcolor.models import DTYPES, MODEL_NAMES
+    from jaxcolor.models.autoencoder import OPS
+
+    _int(config, "seed", 0)
+    _int(config, "batch_size", 1)
+    _int(config, "num_steps", 1)
+    for field in ("log_every", "eval_every", "checkpoint_every", "keep", "num_preview_images"):
+        _int(config, field, 1)
+    _int(config, "patience", 0)
+    _int(config, "prefetch", 0)
+    _choice(config, "dtype", tuple(DTYPES))
+    _choice(config, "parallel", ("jit", "pmap"))
+
+    source = _choice(config, "data.source", SOURCES)
+    if source in ("folder", "shards"):
+        path = _get(config, "data.path")
+        what = ("a directory of JPEG/PNG images" if source == "folder" else
+                "the --out directory of `python -m jaxcolor.prepare shards`")
+        if not path or not os.path.isdir(path):
+            raise ConfigError(f"config.data.path={path!r}: expected {what} (config.data.source="
+                              f"{source!r})" + ("" if not path or os.path.isabs(path) else
+                                                f"; relative to {os.getcwd()}"))
+    if source == "tfds" and not _get(config, "data.name"):
+        raise ConfigError("config.data.name='': the tfds source needs a TFDS dataset name, "
+                          "e.g. celeb_a")
+    size = _int(config, "data.image_size", 1)
+    _int(config, "data.crop", 0)
+    _float(config, "data.rotate_degrees")
+    _choice(config, "data.augment_on", ("host", "device"))
+    _int(config, "data.worker_count", 0)
+    _int(config, "data.worker_buffer_size", 1)
+    _int(config, "data.eval_threads", 1)
+    _int(config, "data.eval_examples", 0)
+    _int(config, "data.sample_train_examples", 1)
+    _int(config, "data.sample_eval_examples", 1)
+
+    name = _choice(config, "model.name", MODEL_NAMES)
+    if name == "autoencoder":
+        _float(config, "model.width", positive=True)
+        _choice(config, "model.ops", ("auto", *OPS))
+
+    loss = _choice(config, "loss.name", (*losses.LOSSES, losses.CLASSIFICATION))
+    stride = _int(config, "loss.output_stride", 1)
+    if stride > 1 and loss != losses.CLASSIFICATION:
+        raise ConfigError(f"config.loss.output_stride={stride}: only the classification loss "
+                          "predicts at a reduced resolution; expected 1")
+    if loss == losses.CLASSIFICATION:
+        _float(config, "loss.grid", positive=True)
+        _float(config, "loss.sigma", positive=True)
+        _float(config, "loss.temperature")
+        if not 0.0 <= _float(config, "loss.rebalance_lambda") <= 1.0:
+            raise ConfigError(f"config.loss.rebalance_lambda={config.loss.rebalance_lambda}: "
+                              "expected a number in [0, 1]")
+        _int(config, "loss.neighbours", 1)
+    multiple = math.lcm(SIZE_MULTIPLE[name], stride)
+    if size % multiple:
+        why = f"the {name} model" + (f" with loss.output_stride={stride}" if stride > 1 else "")
+        raise ConfigError(f"config.data.image_size={size}: {why} needs a multiple of {multiple} "
+                          f"(e.g. {max(multiple, size // multiple * multiple)} or "
+                          f"{(size // multiple + 1) * multiple})")
+
+    _choice(config, "optimizer.name", ("adam", "adamw", "sgd"))
+    _choice(config, "optimizer.schedule", ("constant", "cosine"))
+    _float(config, "optimizer.learning_rate", positive=True)
+    _int(config, "optimizer.warmup_steps", 0)
+    _float(config, "optimizer.b1", below=1.0)
+    _float(config, "optimizer.b2", below=1.0)
+    _float(config, "optimizer.weight_decay")
+    _float(config, "optimizer.grad_clip")
