@@ -67,3 +67,19 @@ def image_folder(tmp_path):
     folder = tmp_path / "images"
     write_images(str(folder), 12)
     return str(folder)
+
+
+def script_val_loss(monkeypatch, losses: dict):
+    """Trainer.evaluate computes the real metrics but reports `losses[step]` as the validation
+    loss, so a test chooses where the best step is (not simply the latest) and when patience
+    runs out."""
+    from jaxcolor import parallel, train
+
+    real = train.Trainer.evaluate
+
+    def evaluate(self, state, records):
+        out = real(self, state, records)
+        out["loss"] = losses[int(np.asarray(parallel.fetch(self.to_global_form(state).step)))]
+        return out
+
+    monkeypatch.setattr(train.Trainer, "evaluate", evaluate)

@@ -33,24 +33,6 @@ def cli(args, timeout=300, cwd=ROOT, env=None):
                           timeout=timeout, env=env)
 
 
-def steps_on_disk(workdir) -> list[int]:
-    return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
-
-
-def script_val_loss(monkeypatch, losses: dict[int, float]):
-    """Trainer.evaluate computes the real metrics but reports `losses[step]` as the validation
-    loss, so that the best step is one the test chooses (not simply the latest)."""
-    real = train.Trainer.evaluate
-
-    def evaluate(self, state, records):
-        out = real(self, state, records)
-        step = int(np.asarray(train.parallel.fetch(self.to_global_form(state).step)))
-        out["loss"] = losses[step]
-        return out
-
-    monkeypatch.setattr(train.Trainer, "evaluate", evaluate)
-
-
 def flip_bytes(path: str, count: int = 64) -> None:
     data = bytearray(open(path, "rb").read())
     middle = len(data) // 2
@@ -80,28 +62,7 @@ def folder_run(tmp_path_factory):
     return workdir, images
 
 
-# --- 1. the best checkpoint survives resumes ---------------------------------------------------
-
-
-def test_the_best_checkpoint_survives_resumes_and_is_the_one_used(monkeypatch, tmp_path):
-    # best at 4, then worse; stopped after the evaluation at 6 and at 8, resumed each time (the
-    # second resume with --allow_config_change): orbax must still know step 4 is the best.
-    script_val_loss(monkeypatch, {2: 1.0, 4: 0.5, 6: 0.8, 8: 0.9, 10: 0.7, 12: 0.6})
-    c = tiny_config(num_steps=12, eval_every=2, checkpoint_every=2, keep=1)
-    workdir = str(tmp_path)
-    assert train.run(c, workdir, should_stop=lambda s: s == 6)["interrupted"]
-    assert steps_on_disk(workdir) == [4, 6]
-    assert train.run(c, workdir, should_stop=lambda s: s == 8)["interrupted"]
-    assert steps_on_disk(workdir) == [4, 8]
-    changed = tiny_config(num_steps=12, eval_every=2, checkpoint_every=2, keep=1, patience=9)
-    train.run(changed, workdir, allow_config_change=True)
-    assert steps_on_disk(workdir) == [4, 12]
-    summary = json.load(open(os.path.join(workdir, "summary.json")))
-    assert (summary["best_step"], summary["best_val_loss"]) == (4, 0.5)
-    step, why = runs.choose_step(workdir)
-    assert step == 4 and "best by validation loss (0.5; the latest is 12)" in why
-    assert runs.choose_step(workdir, 12) == (12, "asked for with --step")
-    assert runs.load_colorizer(workdir).step_reason == why
+# --- 1. the best checkpoint survives resumes: tests/test_training_loop.py ----------------------
 
 
 # --- 3. launch.sh tpu-vm keeps workdirs -------------------------------------------------------
