@@ -218,3 +218,122 @@ def test_read_ahead_is_bounded_in_examples():
     in_process = pipeline.read_options(tiny_config().data, share=64, whole_batches=True)
     assert 1 <= in_process.num_threads <= 16
     assert in_process.prefetch_buffer_size == in_process.num_threads
+
+
+def _quadrants():
+    """A 40 wide x 20 high picture whose every symmetry is visible: red top-left, blue
+    top-right, green bottom-left, yellow bottom-right."""
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:10, :20], arr[:10, 20:] = (255, 0, 0), (0, 0, 255)
+    arr[10:, :20], arr[10:, 20:] = (0, 255, 0), (255, 255, 0)
+    return arr
+
+
+# What a viewer shows for each EXIF orientation (the TIFF/EXIF definitions), written in NumPy
+# independently of PIL, with the corner where the red quadrant lands.
+ORIENTED = {
+    1: (lambda a: a, "top-left"),
+    2: (lambda a: a[:, ::-1], "top-right"),  # mirrored left-right
+    3: (lambda a: a[::-1, ::-1], "bottom-right"),  # rotated 180
+    4: (lambda a: a[::-1], "bottom-left"),  # mirrored top-bottom
+    5: (lambda a: a.transpose(1, 0, 2), "top-left"),  # transposed
+    6: (lambda a: np.rot90(a, -1), "top-right"),  # rotated 90 clockwise
+    7: (lambda a: a[::-1, ::-1].transpose(1, 0, 2), "bottom-right"),  # transversed
+    8: (lambda a: np.rot90(a, 1), "bottom-left"),  # rotated 90 counter-clockwise
+}
+
+
+def _corner(rgb):
+    h, w = rgb.shape[:2]
+    return {"top-left": rgb[2, 2], "top-right": rgb[2, w - 3],
+            "bottom-left": rgb[h - 3, 2], "bottom-right": rgb[h - 3, w - 3]}
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png"])
+@pytest.mark.parametrize("orientation", [3, 6, 8, 2, 5, 7])
+def test_decode_applies_the_exif_orientation(tmp_path, ext, orientation):
+    from PIL import Image, ImageOps
+
+    arr = _quadrants()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = str(tmp_path / f"rotated.{ext}")
+    options = {"quality": 95, "subsampling": 0} if ext == "jpg" else {}
+    Image.fromarray(arr).save(path, exif=exif, **options)
+    got = transforms.decode(path)
+    transpose, red_corner = ORIENTED[orientation]
+    expected = transpose(arr)
+    assert got.shape == expected.shape and got.dtype == np.uint8
+    assert got.shape[:2] == ((40, 20) if orientation >= 5 else (20, 40))
+    # JPEG at quality 95 without chroma subsampling is within 9 of the pixels (measured); PNG exact
+    tol = 16 if ext == "jpg" else 0
+    assert np.abs(got.astype(int) - expected).max() <= tol
+    for corner, value in _corner(got).items():
+        is_red = np.abs(value.astype(int) - (255, 0, 0)).max() <= tol
+        assert is_red == (corner == red_corner), (corner, value)
+    with Image.open(path) as img:
+        np.testing.assert_array_equal(got, np.asarray(ImageOps.exif_transpose(img).convert("RGB")))
+
+
+def _on_white(rgb, alpha):
+    """The composite of a color with alpha 0..255 over opaque white, before rounding."""
+    a = np.asarray(alpha, np.float64)[..., None] / 255.0
+    return np.asarray(rgb, np.float64) * a + 255.0 * (1.0 - a)
+
+
+def test_decode_composites_palette_transparency_on_white(tmp_path):
+    """'P' images: a transparent palette entry (tRNS with one index, or per-entry alpha) is
+    composited on white as the docstring says; opaque entries keep their palette color exactly."""
+    from PIL import Image
+
+    palette = [(200, 30, 10), (10, 180, 60), (20, 40, 220), (0, 0, 0), (90, 90, 250)]
+    index = np.arange(12 * 10).reshape(12, 10) % len(palette)
+    img = Image.fromarray(index.astype(np.uint8), "P")
+    img.putpalette([c for rgb in palette for c in rgb])
+    img.save(tmp_path / "one.png", transparency=3)  # index 3 (black) is see-through
+    got = transforms.decode(str(tmp_path / "one.png"))
+    assert got.shape == (12, 10, 3) and got.dtype == np.uint8
+    expected = np.asarray(palette)[index]
+    expected[index == 3] = 255
+    np.testing.assert_array_equal(got.astype(int), expected)
+
+    alphas = [255, 255, 128, 0, 40]  # per-entry alpha: opaque, opaque, half, clear, faint
+    img.save(tmp_path / "alpha.png", transparency=bytes(alphas))
+    got = transforms.decode(str(tmp_path / "alpha.png")).astype(int)
+    want = _on_white(np.asarray(palette)[index], np.asarray(alphas)[index])
+    assert np.abs(got - want).max() <= 0.5 + 1e-9  # correctly rounded composite
+    for i, a in enumerate(alphas):
+        if a in (0, 255):  # exact: white, or the palette color itself
+            np.testing.assert_array_equal(got[index == i], want[index == i])
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA", "PA"])
+def test_decode_composites_alpha_on_white(tmp_path, mode):
+    """Partial alpha is composited on white; clear pixels are white, opaque ones unchanged. 'LA'
+    and 'RGBA' go through a PNG file and `decode`; 'PA' (no file format stores it) through
+    `to_rgb`, the conversion `decode` applies."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    alpha = np.tile(np.array([0, 255, 128, 1, 254, 64], np.uint8), (8, 1))  # (8, 6)
+    rgb = rng.integers(0, 256, (8, 6, 3)).astype(np.uint8)
+    if mode == "LA":
+        rgb[..., 1] = rgb[..., 2] = rgb[..., 0]
+        img = Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA")
+    elif mode == "RGBA":
+        img = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+    else:  # a palette holding each pixel's color, with alpha per pixel
+        index = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(8, 6), "L")
+        img = Image.merge("PA", [index, Image.fromarray(alpha, "L")])
+        img.putpalette(rgb.reshape(-1).tolist())
+    assert img.mode == mode
+    if mode == "PA":
+        got = np.asarray(transforms.to_rgb(img))
+    else:
+        img.save(tmp_path / "alpha.png")
+        got = transforms.decode(str(tmp_path / "alpha.png"))
+    assert got.shape == (8, 6, 3) and got.dtype == np.uint8
+    want = _on_white(rgb, alpha)
+    assert np.abs(got.astype(int) - want).max() <= 0.5 + 1e-9  # correctly rounded composite
+    np.testing.assert_array_equal(got[alpha == 0], 255)  # clear: white exactly
+    np.testing.assert_array_equal(got[alpha == 255], rgb[alpha == 255])  # opaque: unchanged

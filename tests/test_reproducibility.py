@@ -225,10 +225,10 @@ def _wait_for_step(workdir, past: int, proc, timeout=180):
     raise AssertionError(f"no step past {past} in {path} (exit {proc.poll()})")
 
 
-def test_sigterm_and_sigkill_at_random_moments_then_resume_bitwise(reference, tmp_path):
+def test_sigterm_sigint_and_sigkill_at_random_moments_then_resume_bitwise(reference, tmp_path):
     """A real `python -m jaxcolor.train` process: SIGTERM at a random moment (checkpoint, exit
-    75), resume, SIGKILL at a random moment, resume to the end: parameters bitwise equal to the
-    uninterrupted reference run."""
+    75), resume, SIGINT (Ctrl-C: the same), resume, SIGKILL at a random moment, resume to the end:
+    parameters bitwise equal to the uninterrupted reference run."""
     rng = random.Random(8)
     workdir = str(tmp_path / "run")
     cmd = [sys.executable, "-m", "jaxcolor.train", "--workdir", workdir, *as_flags(config())]
@@ -247,6 +247,16 @@ def test_sigterm_and_sigkill_at_random_moments_then_resume_bitwise(reference, tm
 
     proc = start()
     _wait_for_step(workdir, stopped, proc)
+    time.sleep(rng.uniform(0, 0.3))
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=180)[0].decode()
+    assert proc.returncode == train.EXIT_INTERRUPTED, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    first_stop, stopped = stopped, final_params(workdir)[0]
+    assert first_stop < stopped < STEPS
+
+    proc = start()
+    _wait_for_step(workdir, stopped, proc)
     time.sleep(rng.uniform(0, 0.5))
     proc.kill()
     proc.communicate(timeout=60)
@@ -262,9 +272,10 @@ def test_sigterm_and_sigkill_at_random_moments_then_resume_bitwise(reference, tm
     assert step == STEPS
     assert_trees_equal(params, final_params(reference)[1])
     history = run_record.read(workdir)["history"]
-    assert [h["status"] for h in history] == ["interrupted", "killed", "finished"]
-    assert history[0]["end_step"] == stopped == history[1]["start_step"]
-    assert history[2]["start_step"] >= history[1]["start_step"]
+    assert [h["status"] for h in history] == ["interrupted", "interrupted", "killed", "finished"]
+    assert history[0]["end_step"] == first_stop == history[1]["start_step"]
+    assert history[1]["end_step"] == stopped == history[2]["start_step"]
+    assert history[3]["start_step"] >= history[2]["start_step"]
     assert history[0]["command"] == cmd
 
     # the command line refuses a changed config (exit 2) and names the field and the way out
@@ -273,7 +284,7 @@ def test_sigterm_and_sigkill_at_random_moments_then_resume_bitwise(reference, tm
     assert changed.returncode == train.EXIT_CONFIG_CHANGED, changed.stderr[-3000:]
     assert "optimizer.learning_rate: 0.001 -> 0.002" in changed.stderr
     assert "--allow_config_change" in changed.stderr
-    assert len(run_record.read(workdir)["history"]) == 3
+    assert len(run_record.read(workdir)["history"]) == 4
 
 
 def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):

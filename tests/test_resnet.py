@@ -196,7 +196,9 @@ def test_matches_keras(keras_reference, tmp_path, style):
         assert ours[name].shape == reference.shape, name
         errors[name] = max_rel_error(ours[name], reference)
     print(f"\n[{style}] max relative error:", {k: f"{v:.2e}" for k, v in errors.items()})
-    assert all(error < 1e-4 for error in errors.values()), errors  # False for NaN, unlike max()
+    # measured (Intel Xeon, CPU): feature maps <= 7.4e-7, the softmax top 2.3e-5; README cites these
+    bounds = {name: 1e-4 if name == "predictions" else 1e-5 for name in errors}
+    assert all(errors[n] < bounds[n] for n in errors), errors  # False for NaN, unlike max()
     np.testing.assert_allclose(ours["predictions"], jax.nn.softmax(ours["logits"]), rtol=1e-6)
 
 
