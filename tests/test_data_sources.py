@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import tiny_config, write_images
+from conftest import require, tiny_config, write_images
 from PIL import Image
 
 from jaxcolor import prepare
@@ -178,7 +178,7 @@ def _tiny_tfds(data_dir) -> None:
 def _tiny_tfds_builder():
     """The builder class, defined once per test session: TFDS registers builders by name and
     refuses a second class of the same name (other test modules write this dataset too)."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    tfds = require("tensorflow_datasets")
 
     class JaxcolorTinyFaces(tfds.core.GeneratorBasedBuilder):
         VERSION = tfds.core.Version("1.0.0")

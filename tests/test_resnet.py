@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import require
 
 from jaxcolor.models import keras_weights
 from jaxcolor.models.colorizers import (
@@ -138,7 +139,7 @@ def variables_equal(a, b) -> bool:
 def keras_reference():
     """A randomised Keras ResNet50, its legacy layer list, inputs and every tapped output."""
     os.environ.setdefault("KERAS_BACKEND", "jax")
-    keras = pytest.importorskip("keras")
+    keras = require("keras")
     model = keras.applications.ResNet50(weights=None, include_top=True, input_shape=(SIZE, SIZE, 3))
     rng = np.random.default_rng(0)
     layers = []
@@ -174,7 +175,7 @@ def jitted_apply(include_top: bool):
 
 def keras3_writer_file(keras_reference, path):
     """The file Keras 3's own legacy HDF5 writer produces for the same model."""
-    legacy = pytest.importorskip("keras.src.legacy.saving.legacy_h5_format")
+    legacy = require("keras.src.legacy.saving.legacy_h5_format")
     with h5py.File(path, "w") as f:
         legacy.save_weights_to_hdf5_group(f, keras_reference["model"])
     return path
