@@ -99,23 +99,18 @@ def test_seed_models_study_file_loads():
     assert spec["cells"]["resnet50_seed"]["overrides"]["model.weights"] == "none"
 
 
-TINY = {"data.image_size": 16, "model.width": 0.125, "batch_size": 8, "num_steps": 40,
-        "log_every": 1, "eval_every": 40, "checkpoint_every": 10, "num_preview_images": 2,
+TINY = {"data.image_size": 16, "model.width": 0.125, "batch_size": 8, "num_steps": 30,
+        "log_every": 1, "eval_every": 30, "checkpoint_every": 5, "num_preview_images": 2,
         "data.sample_train_examples": 64, "data.sample_eval_examples": 16,
         "data.eval_threads": 1}
 
 
-def test_a_member_interrupted_by_the_runner_resumes_to_the_uninterrupted_result(tmp_path):
+def test_a_member_interrupted_by_the_runner_resumes_and_is_evaluated(tmp_path):
     """A real member process: the runner is stopped while it trains (the member checkpoints and
-    exits 75), the rerun resumes it to the end and evaluates it; its parameters equal those of the
-    same member command run without a stop, bitwise."""
-    import subprocess
+    exits 75), and the rerun resumes it from that checkpoint to the end and evaluates it. (That
+    a resumed run ends bitwise where an uninterrupted one does: test_reproducibility.py.)"""
     import threading
     import time
-
-    import jax
-
-    from jaxcolor import checkpoint
 
     (tmp_path / "cfg.py").write_text("from jaxcolor.configs.default import get_config\n")
     (tmp_path / "grid.py").write_text(
@@ -137,7 +132,7 @@ def test_a_member_interrupted_by_the_runner_resumes_to_the_uninterrupted_result(
     watcher.start()
     assert runner.run()[0]["status"] == "interrupted"
     stopped_at = run_record.read(member.workdir)["history"][0]["end_step"]
-    assert 0 < stopped_at < 40
+    assert 0 < stopped_at < 30
 
     rerun = study.Runner(spec, root, echo=lambda s: None)
     result = rerun.run()[0]
@@ -146,11 +141,3 @@ def test_a_member_interrupted_by_the_runner_resumes_to_the_uninterrupted_result(
     assert [h["status"] for h in history] == ["interrupted", "finished"]
     assert history[1]["start_step"] == stopped_at
 
-    straight = str(tmp_path / "straight")
-    cmd = member.command()
-    cmd[cmd.index("--workdir") + 1] = straight
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300)
-    a = checkpoint.read_state_arrays(os.path.join(member.workdir, "checkpoints", "40", "state"))
-    b = checkpoint.read_state_arrays(os.path.join(straight, "checkpoints", "40", "state"))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)

@@ -1,6 +1,7 @@
-"""End-to-end training on tiny shapes: loss falls, resume is bitwise, stop requests checkpoint.
+"""End-to-end training on tiny shapes: loss falls, bfloat16, clear errors, the non-finite stop.
 
-Real SIGTERM/SIGKILL of a training subprocess: tests/test_reproducibility.py."""
+Stop, resume, keep-best and early stopping: tests/test_training_loop.py; real SIGTERM, SIGINT
+and SIGKILL of a training subprocess: tests/test_reproducibility.py."""
 
 import json
 import os
@@ -58,32 +59,6 @@ def test_bfloat16_trains_with_float32_parameters(tmp_path):
     leaves = jax.tree.leaves((state["params"], state["batch_stats"], state["opt_state"]))
     floats = {leaf.dtype for leaf in leaves if np.issubdtype(leaf.dtype, np.floating)}
     assert floats == {np.dtype("float32")}, floats  # (Adam's step count is an int32)
-
-
-def test_stop_and_resume_is_bitwise_identical(tmp_path):
-    c = tiny_config(num_steps=8, checkpoint_every=4, eval_every=4)
-    train.run(c, str(tmp_path / "straight"))
-    summary = train.run(c, str(tmp_path / "resumed"), should_stop=lambda step: step == 3)
-    assert summary == {"interrupted": True, "step": 3}
-    assert saved_params(tmp_path / "resumed")[0] == 3
-    train.run(c, str(tmp_path / "resumed"))
-    step_a, a = saved_params(tmp_path / "straight")
-    step_b, b = saved_params(tmp_path / "resumed")
-    assert step_a == step_b == 8
-    assert_trees_equal(a, b)
-    # the resumed log has each step once, as the straight run's
-    steps = [r["step"] for r in metrics_rows(tmp_path / "resumed") if "loss" in r]
-    assert steps == sorted(set(steps))
-
-
-def test_checkpoints_keep_last_and_best(tmp_path):
-    c = tiny_config(num_steps=12, checkpoint_every=2, eval_every=2, keep=2)
-    train.run(c, str(tmp_path))
-    kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
-    assert kept[-2:] == [10, 12]
-    rows = [r for r in metrics_rows(tmp_path) if "val_loss" in r]
-    best = min(rows, key=lambda r: r["val_loss"])["step"]
-    assert best in kept and len(kept) <= 3
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import numpy as np
 from conftest import script_val_loss, tiny_config, write_images
 
 from jaxcolor import checkpoint, runs, train
@@ -58,6 +60,10 @@ def test_early_stopping_best_step_and_loop_record_survive_a_stop_after_an_evalua
     step, why = runs.choose_step(resumed)
     assert step == 4 and why == "the best by validation loss (0.5; the latest is 10)"
     assert runs.load_colorizer(resumed).step_reason == why
+    a = checkpoint.read_state_arrays(os.path.join(straight, "checkpoints", "10", "state"))
+    b = checkpoint.read_state_arrays(os.path.join(resumed, "checkpoints", "10", "state"))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):  # resumed: bitwise
+        np.testing.assert_array_equal(x, y)
     ignore = {"examples_per_s", "skipped_updates"}  # wall clock; logged once skip_nonfinite is on
     rows = lambda w: [{k: v for k, v in r.items() if k not in ignore}  # noqa: E731
                       for r in read_metrics(w)]
