@@ -83,13 +83,13 @@ def script_val_loss(monkeypatch, losses: dict):
     """Trainer.evaluate computes the real metrics but reports `losses[step]` as the validation
     loss, so a test chooses where the best step is (not simply the latest) and when patience
     runs out."""
-    from jaxcolor import parallel, train
+    from jaxcolor import parallel, trainer as trainer_lib
 
-    real = train.Trainer.evaluate
+    real = trainer_lib.Trainer.evaluate
 
     def evaluate(self, state, records):
         out = real(self, state, records)
         out["loss"] = losses[int(np.asarray(parallel.fetch(self.to_global_form(state).step)))]
         return out
 
-    monkeypatch.setattr(train.Trainer, "evaluate", evaluate)
+    monkeypatch.setattr(trainer_lib.Trainer, "evaluate", evaluate)

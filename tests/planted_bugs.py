@@ -38,9 +38,9 @@ class Bug(NamedTuple):
 
 BUGS = (
     Bug("resume_drops_loop", "a resume forgets best step, patience and counters",
-        "jaxcolor/train.py",
-        "start, state, data_state, loop = restored",
-        "start, state, data_state, _ = restored",
+        "jaxcolor/loop.py",
+        "loop = LoopState.restore(step, record)",
+        "loop = LoopState(step=step)",
         ("tests/test_training_loop.py::"
          "test_early_stopping_best_step_and_loop_record_survive_a_stop_after_an_evaluation",)),
     Bug("pmap_ab_mae_not_averaged", "each device reports its own ab_mae under pmap",
@@ -59,8 +59,8 @@ BUGS = (
         "pw = prior_weights(ab_true, prior)",
         ("tests/test_metrics.py",)),
     Bug("skipped_files_logged_as_zero", "metrics.jsonl says 0 files skipped",
-        "jaxcolor/train.py",
-        'row["skipped_files"] = skipped',
+        "jaxcolor/loop.py",
+        'row["skipped_files"] = loop.skipped_files',
         'row["skipped_files"] = 0',
         ("tests/test_training_loop.py::test_skipped_files_are_exact_in_every_row_across_a_resume",)),
     # issue 14's fixes, undone
@@ -82,9 +82,9 @@ BUGS = (
         "    if count < 0:\n",
         ("tests/test_hostile.py::test_evaluate_counts_skipped_files_and_refuses_zero",)),
     Bug("config_not_validated", "a bad config fails after compiling, having written config.json",
-        "jaxcolor/train.py",
-        "    config_lib.validate(config)\n    stop_request = None",
-        "    stop_request = None",
+        "jaxcolor/loop.py",
+        "    config_lib.validate(config)\n    is_main = jax.process_index() == 0",
+        "    is_main = jax.process_index() == 0",
         ("tests/test_hostile.py::test_a_bad_config_is_refused_before_anything_is_written",)),
 )
 

@@ -129,7 +129,7 @@ def test_prepare_resumes_and_skips_complete_shards(tmp_path):
 
 
 def test_bad_file_zoo_in_prepare_folder_pipeline_and_training_log(tmp_path):
-    from jaxcolor import train
+    from jaxcolor import loop
     from jaxcolor.logbook import read_metrics
 
     folder = str(tmp_path / "zoo")
@@ -157,7 +157,7 @@ def test_bad_file_zoo_in_prepare_folder_pipeline_and_training_log(tmp_path):
                             "data.train_split": "[:100%]", "data.val_split": "[:100%]",
                             "batch_size": 4, "num_steps": 2, "log_every": 1, "eval_every": 2,
                             "checkpoint_every": 2})
-    summary = train.run(config, str(tmp_path / "run"))
+    summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert np.isfinite(summary["loss"])
     rows = [r for r in read_metrics(str(tmp_path / "run")) if "loss" in r]
     assert rows and all(r["skipped_files_at_prepare"] == 3 and r["skipped_files"] == 0

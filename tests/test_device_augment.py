@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny_config, write_images
 
-from jaxcolor import train
+from jaxcolor import loop, trainer as trainer_lib
 from jaxcolor.data import device_augment, pipeline, transforms
 from jaxcolor.logbook import read_metrics
 
@@ -116,7 +116,7 @@ def test_unknown_augment_on_names_the_option(image_folder):
     with pytest.raises(ValueError, match=r"config.data.augment_on='gpu'.*'host' or 'device'"):
         pipeline.train_dataset(cfg.data, 4, seed=0)
     with pytest.raises(ValueError, match="config.data.augment_on"):
-        train.Trainer(cfg)
+        trainer_lib.Trainer(cfg)
 
 
 def test_configs_saved_before_the_option_resume_as_host():
@@ -221,7 +221,7 @@ def test_training_with_device_augmentation(tmp_path):
     losses = {}
     for where, mode in (("host", "jit"), ("device", "jit"), ("device", "pmap")):
         workdir = str(tmp_path / f"{where}_{mode}")
-        train.run(tiny_config(**kw, **{"data.augment_on": where, "parallel": mode}), workdir)
+        loop.train_and_evaluate(tiny_config(**kw, **{"data.augment_on": where, "parallel": mode}), workdir)
         losses[where, mode] = [r["loss"] for r in read_metrics(workdir) if "loss" in r]
     for mode in ("jit", "pmap"):
         got = losses["device", mode]

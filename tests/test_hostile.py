@@ -19,11 +19,12 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 from conftest import ROOT, tiny_config, write_images
 
-from jaxcolor import checkpoint, evaluate, run_record, runs, train
+from jaxcolor import checkpoint, evaluate, loop, run_record, runs, train
 from jaxcolor import config as config_lib
 from jaxcolor.data import pipeline
 
@@ -58,7 +59,7 @@ def folder_run(tmp_path_factory):
     c = tiny_config(**{"data.source": "folder", "data.path": images,
                        "data.train_split": "[:50%]", "data.val_split": "[50%:]"})
     workdir = str(root / "run")
-    train.run(c, workdir)
+    loop.train_and_evaluate(c, workdir)
     return workdir, images
 
 
@@ -114,7 +115,7 @@ def test_training_on_an_unreadable_validation_split_fails_before_recording_a_bes
     c = tiny_config(**{"data.source": "folder", "data.path": images,
                        "data.train_split": "[:50%]", "data.val_split": "[50%:]"})
     with pytest.raises(pipeline.NothingEvaluatedError, match="none of its 6 images"):
-        train.run(c, str(tmp_path / "run"))
+        loop.train_and_evaluate(c, str(tmp_path / "run"))
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert not any("val_loss" in r for r in rows)
     assert not (tmp_path / "run" / "summary.json").exists()
@@ -169,12 +170,12 @@ def test_a_damaged_checkpoint_is_set_aside_on_resume_and_skipped_by_evaluate(fol
     # resume: 6 is moved aside, training redoes 3 -> 6 and ends where the intact run ended
     c = tiny_config(**{"data.source": "folder", "data.path": images,
                        "data.train_split": "[:50%]", "data.val_split": "[50%:]"})
-    train.run(c, damaged)
+    loop.train_and_evaluate(c, damaged)
     aside = os.listdir(os.path.join(damaged, "checkpoints_incomplete"))
     assert len(aside) == 1 and aside[0].startswith("6-")
     a = checkpoint.read_state_arrays(os.path.join(workdir, "checkpoints", "6", "state"))
     b = checkpoint.read_state_arrays(os.path.join(damaged, "checkpoints", "6", "state"))
-    for x, y in zip(train.jax.tree.leaves(a), train.jax.tree.leaves(b), strict=True):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -232,7 +233,7 @@ def test_a_bad_config_is_refused_before_anything_is_written(tmp_path, field, val
     c = tiny_config(**{field: value})
     workdir = tmp_path / "run"
     with pytest.raises(config_lib.ConfigError) as info:
-        train.run(c, str(workdir))
+        loop.train_and_evaluate(c, str(workdir))
     assert message in str(info.value) and "\n" not in str(info.value)
     assert not workdir.exists()
 
@@ -251,11 +252,11 @@ def test_a_failed_start_does_not_poison_the_workdir(tmp_path):
     (tmp_path / "config.json").write_text(tiny_config(batch_size=-8).to_json())
     c = tiny_config(num_steps=2, eval_every=2, checkpoint_every=2)
     assert run_record.check_config(workdir, c, allow_change=False) == []
-    train.run(c, workdir)
+    loop.train_and_evaluate(c, workdir)
     assert json.load(open(tmp_path / "config.json"))["batch_size"] == 8
     other = tiny_config(num_steps=2, eval_every=2, checkpoint_every=2, seed=1)
     with pytest.raises(run_record.ConfigChangedError, match="seed: 0 -> 1"):
-        train.run(other, workdir)  # once a checkpoint exists, the config is protected
+        loop.train_and_evaluate(other, workdir)  # once a checkpoint exists, the config is protected
 
 
 def test_command_line_config_errors_are_one_line_exit_2(tmp_path):
@@ -281,9 +282,9 @@ FILL_DISK = textwrap.dedent("""
     import os, sys, time
     fill_at, sys.argv = int(sys.argv[1]), [sys.argv[0], *sys.argv[2:]]
     from absl import app
-    from jaxcolor import train
+    from jaxcolor import loop, train
     workdir = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir="))
-    check = train.StopRequest.__call__
+    check = loop.StopSignal.__call__
 
     def fill_then_check(self, step):
         if step == fill_at:
@@ -297,7 +298,7 @@ FILL_DISK = textwrap.dedent("""
                     pass
         return check(self, step)
 
-    train.StopRequest.__call__ = fill_then_check
+    loop.StopSignal.__call__ = fill_then_check
     app.run(train.main, flags_parser=train.parse_flags)
 """)
 
@@ -353,7 +354,7 @@ def test_two_trainings_in_one_workdir_are_refused(tmp_path):
     lock = run_record.WorkdirLock(str(tmp_path)).acquire()
     try:
         with pytest.raises(run_record.WorkdirBusyError, match="another process"):
-            train.run(tiny_config(), str(tmp_path))
+            loop.train_and_evaluate(tiny_config(), str(tmp_path))
     finally:
         lock.release()
 

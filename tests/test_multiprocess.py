@@ -1,12 +1,17 @@
 """Multi-process and elastic runs on simulated CPU devices: launch.sh's local cluster of 2
-processes x 2 devices trains the same parameters as 1 process x 4 devices, and a checkpoint
-written on 8 devices resumes on 4 and then on 1."""
+processes x 2 devices trains the same parameters as 1 process x 4 devices, a SIGTERM to one
+process stops both at the same step, and a checkpoint written on 8 devices resumes on 4 and then
+on 1."""
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 from test_train import saved_params
@@ -41,19 +46,83 @@ def _max_diff(a, b):
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def test_two_processes_match_one_process(tmp_path):
-    steps = ["--config.num_steps=6", "--config.eval_every=6", "--config.checkpoint_every=6"]
-    two = _launch(["local-multiprocess", "2", "--cpu-devices", "2",
-                   "--workdir", str(tmp_path / "two"), *TINY, *steps])
+# Long enough that a signal sent after the first checkpoint lands mid-run; every checkpoint kept,
+# so the one at step 6 can be compared with a 6-step run (the schedule is constant).
+STEPS = ["--config.num_steps=120", "--config.eval_every=120", "--config.checkpoint_every=6",
+         "--config.keep=25"]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """An uninterrupted run of 2 processes x 2 devices (the reference of the tests below)."""
+    workdir = tmp_path_factory.mktemp("two")
+    done = _launch(["local-multiprocess", "2", "--cpu-devices", "2", "--workdir", str(workdir),
+                    *TINY, *STEPS])
+    return workdir, done
+
+
+def test_two_processes_match_one_process(two_processes, tmp_path):
+    workdir, two = two_processes
     assert "[process 1]" in two.stdout and "gray baseline" in two.stdout
-    _launch(["local", "--workdir", str(tmp_path / "one"), *TINY, *steps], devices=4)
-    step_two, params_two = saved_params(tmp_path / "two")
+    six = ["--config.num_steps=6", "--config.eval_every=6", "--config.checkpoint_every=6"]
+    _launch(["local", "--workdir", str(tmp_path / "one"), *TINY, *six], devices=4)
+    _, params_two = saved_params(workdir, 6)
     step_one, params_one = saved_params(tmp_path / "one")
-    assert step_two == step_one == 6
+    assert step_one == 6 and saved_params(workdir)[0] == 120
     assert _max_diff(params_two, params_one) < 1e-5
     # each process wrote its own data-iterator state into the shared checkpoint
-    data_dir = tmp_path / "two" / "checkpoints" / "6" / "data"
+    data_dir = workdir / "checkpoints" / "6" / "data"
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data_dir))
+
+
+def _process_pid(workdir: str, index: int, timeout: float = 120) -> int:
+    """The pid of training process `index` (JAX_PROCESS_ID) of the run in `workdir`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+                env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if (b"jaxcolor.train" in cmd and workdir.encode() in cmd
+                    and f"JAX_PROCESS_ID={index}".encode() in env):
+                return int(pid)
+        time.sleep(0.1)
+    raise AssertionError(f"no training process {index} for {workdir}")
+
+
+def test_sigterm_to_one_process_stops_every_process_at_the_same_step(two_processes, tmp_path):
+    """A pod host preempted alone: SIGTERM to process 1 only, after the first checkpoint. Both
+    processes checkpoint the same step and exit 75 (so does launch.sh), and the resumed run ends
+    bitwise where the uninterrupted one did."""
+    workdir = str(tmp_path / "run")
+    cmd = ["bash", "launch.sh", "local-multiprocess", "2", "--cpu-devices", "2",
+           "--workdir", workdir, *TINY, *STEPS]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(2), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    victim = _process_pid(workdir, 1)
+    deadline = time.time() + 240
+    while not os.path.exists(os.path.join(workdir, "checkpoints", "6", "commit_success.txt")):
+        assert time.time() < deadline and proc.poll() is None, "no first checkpoint"
+        time.sleep(0.05)
+    os.kill(victim, signal.SIGTERM)
+    out = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 75, out[-4000:]
+    stops = sorted(set(re.findall(r"\[process (\d)\].*stop requested: checkpointed step (\d+)",
+                                  out)))
+    assert [p for p, _ in stops] == ["0", "1"] and stops[0][1] == stops[1][1], stops
+    stopped = int(stops[0][1])
+    assert 6 <= stopped < 120 and saved_params(workdir)[0] == stopped
+    resumed = _launch(cmd[2:])
+    assert "gray baseline" in resumed.stdout
+    step, params = saved_params(workdir)
+    assert step == 120
+    _, reference = saved_params(two_processes[0])
+    import jax
+
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_checkpoint_restores_on_fewer_devices(tmp_path):

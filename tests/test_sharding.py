@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent(
     from jax.sharding import Mesh
     sys.path.insert(0, "tests")
     from conftest import tiny_config
-    from jaxcolor import checkpoint, parallel, train
+    from jaxcolor import checkpoint, parallel, trainer as trainer_lib
     from jaxcolor.data import pipeline
 
     out_path, STEPS, LR = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
@@ -112,7 +112,7 @@ SCRIPT = textwrap.dedent(
     trainers = {}
     for optimizer in ("sgd", "adam"):
         for name, mode, n in RUNS:
-            trainers[optimizer, name] = train.Trainer(config(optimizer, mode), mesh(n))
+            trainers[optimizer, name] = trainer_lib.Trainer(config(optimizer, mode), mesh(n))
         # One compiled init per optimizer, shared by the three runs: on 1 device for SGD, on 8
         # (the pmap trainer's) for Adam, and the two inits are compared below.
         init_on = "1 device" if optimizer == "sgd" else "pmap x8"
@@ -201,7 +201,7 @@ SCRIPT = textwrap.dedent(
     for mode in ("jit", "pmap"):
         for label, m in (("mesh of 8", mesh(8)), ("default mesh", None)):
             try:
-                train.Trainer(config("adam", mode, batch_size=12), m)
+                trainer_lib.Trainer(config("adam", mode, batch_size=12), m)
                 error = None
             except ValueError as exc:
                 error = str(exc)

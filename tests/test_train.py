@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from jaxcolor import checkpoint, run_record, train
+from jaxcolor import checkpoint, loop, run_record, trainer as trainer_lib
 
 
 def saved_params(workdir, step=None):
@@ -37,7 +37,7 @@ def metrics_rows(workdir):
 def test_a_few_steps_lower_the_loss(tmp_path):
     c = tiny_config(num_steps=40, log_every=5, eval_every=40, checkpoint_every=40)
     c.optimizer.learning_rate = 3e-3
-    summary = train.run(c, str(tmp_path))
+    summary = loop.train_and_evaluate(c, str(tmp_path))
     losses = [r["loss"] for r in metrics_rows(tmp_path) if "loss" in r]
     assert len(losses) == 8
     assert np.mean(losses[-2:]) < losses[0]
@@ -50,7 +50,7 @@ def test_a_few_steps_lower_the_loss(tmp_path):
 def test_bfloat16_trains_with_float32_parameters(tmp_path):
     c = tiny_config(num_steps=30, log_every=5, eval_every=30, checkpoint_every=30, dtype="bfloat16")
     c.optimizer.learning_rate = 3e-3
-    train.run(c, str(tmp_path))
+    loop.train_and_evaluate(c, str(tmp_path))
     losses = [r["loss"] for r in metrics_rows(tmp_path) if "loss" in r]
     assert np.isfinite(losses).all() and np.mean(losses[-2:]) < losses[0]
     _, state = saved_params(tmp_path)
@@ -74,11 +74,11 @@ def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path):
     c.optimizer.name = "sgd"
     c.optimizer.schedule = "constant"
     c.optimizer.warmup_steps = 0
-    good = train.run(c, str(tmp_path), should_stop=lambda step: step == 2)
+    good = loop.train_and_evaluate(c, str(tmp_path), should_stop=lambda step: step == 2)
     assert good["interrupted"]
     c.optimizer.learning_rate = 1e38  # the first update overflows the parameters
-    with pytest.raises(train.NonFiniteError, match=r"at step (3|4); last good checkpoint: 2"):
-        train.run(c, str(tmp_path), allow_config_change=True)
+    with pytest.raises(trainer_lib.NonFiniteError, match=r"at step (3|4); last good checkpoint: 2"):
+        loop.train_and_evaluate(c, str(tmp_path), allow_config_change=True)
     record = run_record.read(str(tmp_path))
     assert record["status"] == "failed" and "NonFiniteError" in record["history"][-1]["reason"]
     assert record["history"][-1]["config_changes"] == [

@@ -9,9 +9,10 @@ import os
 
 import jax
 import numpy as np
+import pytest
 from conftest import script_val_loss, tiny_config, write_images
 
-from jaxcolor import checkpoint, runs, train
+from jaxcolor import checkpoint, loop, runs
 from jaxcolor.data import pipeline
 from jaxcolor.logbook import read_metrics
 
@@ -38,36 +39,46 @@ def test_early_stopping_best_step_and_loop_record_survive_a_stop_after_an_evalua
         monkeypatch, tmp_path):
     script_val_loss(monkeypatch, LOSSES)
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    train.run(loop_config(), straight)
+    loop.train_and_evaluate(loop_config(), straight)
     summary = json.load(open(os.path.join(straight, "summary.json")))
     # the setup does what it is for: patience ran out at 10, and the best is not the latest
     assert (summary["stopped_early"], summary["step"], summary["best_step"]) == (True, 10, 4)
     assert summary["best_val_loss"] == 0.5
     assert final_loop(straight) == {"best_val_loss": 0.5, "best_step": 4, "bad_evals": 3,
-                                    "stopped_early": True, "skipped_files": 0}
+                                    "stopped_early": True, "skipped_files": 0,
+                                    "skipped_updates": 0}
     # stopped right after the evaluations at 6 and at 8 (bad_evals 1, then 2), resumed each time,
     # the second time with --allow_config_change; keep=1, so only the best protects step 4
-    assert train.run(loop_config(), resumed, should_stop=lambda s: s == 6)["interrupted"]
+    assert loop.train_and_evaluate(loop_config(), resumed, should_stop=lambda s: s == 6)["interrupted"]
     assert final_loop(resumed)["bad_evals"] == 1 and runs.checkpoint_steps(resumed) == [4, 6]
-    assert train.run(loop_config(), resumed, should_stop=lambda s: s == 8)["interrupted"]
+    assert loop.train_and_evaluate(loop_config(), resumed, should_stop=lambda s: s == 8)["interrupted"]
     assert final_loop(resumed)["bad_evals"] == 2 and runs.checkpoint_steps(resumed) == [4, 8]
     changed = loop_config()
     changed.skip_nonfinite = True  # a change that needs --allow_config_change
-    train.run(changed, resumed, allow_config_change=True)
+    loop.train_and_evaluate(changed, resumed, allow_config_change=True)
     assert runs.checkpoint_steps(resumed) == [4, 10]
     assert json.load(open(os.path.join(resumed, "summary.json"))) == summary
     assert final_loop(resumed) == final_loop(straight)
     step, why = runs.choose_step(resumed)
     assert step == 4 and why == "the best by validation loss (0.5; the latest is 10)"
     assert runs.load_colorizer(resumed).step_reason == why
+    # The third session compiled another step (skip_nonfinite adds a select), so from step 8 on
+    # the numbers agree to float rounding, not bitwise; up to step 8 the logs are identical.
+    # (Bitwise resumes of real processes: test_reproducibility.py.)
     a = checkpoint.read_state_arrays(os.path.join(straight, "checkpoints", "10", "state"))
     b = checkpoint.read_state_arrays(os.path.join(resumed, "checkpoints", "10", "state"))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):  # resumed: bitwise
-        np.testing.assert_array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
     ignore = {"examples_per_s", "skipped_updates"}  # wall clock; logged once skip_nonfinite is on
     rows = lambda w: [{k: v for k, v in r.items() if k not in ignore}  # noqa: E731
                       for r in read_metrics(w)]
-    assert rows(resumed) == rows(straight)
+    early = lambda w: [r for r in rows(w) if r["step"] <= 8]  # noqa: E731
+    assert early(resumed) == early(straight)
+    late = [(a, b) for a, b in zip(rows(resumed), rows(straight), strict=True) if a["step"] > 8]
+    for a, b in late:
+        assert a.keys() == b.keys() and a["step"] == b["step"]
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["step"], k)
 
 
 def test_skipped_files_are_exact_in_every_row_across_a_resume(tmp_path):
@@ -85,8 +96,8 @@ def test_skipped_files_are_exact_in_every_row_across_a_resume(tmp_path):
     expected = [int(next(it)["skipped"].max()) for _ in range(c.num_steps)]
     assert expected[-1] == 3 and expected[0] < 3  # the count grows during the run
     workdir = str(tmp_path / "run")
-    assert train.run(c, workdir, should_stop=lambda s: s == 3)["interrupted"]
-    train.run(c, workdir)
+    assert loop.train_and_evaluate(c, workdir, should_stop=lambda s: s == 3)["interrupted"]
+    loop.train_and_evaluate(c, workdir)
     logged = [r["skipped_files"] for r in read_metrics(workdir) if "loss" in r]
     assert logged == expected
     assert final_loop(workdir)["skipped_files"] == 3
