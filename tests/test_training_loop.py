@@ -101,3 +101,25 @@ def test_skipped_files_are_exact_in_every_row_across_a_resume(tmp_path):
     logged = [r["skipped_files"] for r in read_metrics(workdir) if "loss" in r]
     assert logged == expected
     assert final_loop(workdir)["skipped_files"] == 3
+
+
+def test_itstime_fires_every_n_steps_and_at_the_end():
+    fired = [s for s in range(1, 11) if loop.itstime(s, 4, 10)]
+    assert fired == [4, 8, 10]
+    assert [s for s in range(1, 4) if loop.itstime(s, 1, 3)] == [1, 2, 3]
+
+
+def test_the_preview_is_compiled_once_and_never_copies_the_optimizer_state(monkeypatch):
+    from jaxcolor import trainer as trainer_lib
+
+    c = tiny_config(num_preview_images=2)
+    trainer = trainer_lib.Trainer(c)
+    state, _ = trainer.init_state(trainer_lib.init_key(0))
+    state = trainer.to_step_form(state)
+    batch = next(pipeline.eval_batches(c.data, c.data.val_split, 2))
+    monkeypatch.setattr(trainer, "to_global_form", lambda s: pytest.fail("whole state copied"))
+    first = trainer.preview(state, batch)
+    second = trainer.preview(state, batch)
+    np.testing.assert_array_equal(first, second)
+    assert first.shape[0] > 2 * c.data.image_size  # two rows of three panels
+    assert trainer.predict._cache_size() == 1  # one compilation for every preview of the run
