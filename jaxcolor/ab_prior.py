@@ -15,6 +15,11 @@ determines them: the bin centers (`ab_centers`), `probs` (= p; with `ab_centers`
 config fields and a digest of the training file list. Training reads the file, and computes it
 (with a progress bar) when it is missing or its key no longer matches the config: a stale prior is
 never used silently.
+
+`Prior` is the project's one ab prior: the loss's rebalancing weights and `evaluate`'s
+class-rebalanced AuC (`--ab_prior FILE`, `jaxcolor.metrics.prior_weights`) read the same file,
+on the same bins (`ab_bins.bins_for`: centers at multiples of `loss.grid`, a color counted in its
+nearest bin). `from_ab` makes one from any set of ab values (e.g. a test set's), `save` writes it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ log = logging.getLogger("jaxcolor")
 
 FILENAME = "ab_prior.npz"
 BATCH = 64  # images per counting batch
+FROM_AB_CHUNK = 1 << 16  # ab values per distance matrix in `from_ab`
 
 
 class Prior(NamedTuple):
@@ -110,18 +116,45 @@ def count_bins(config, progress: bool = True) -> tuple[np.ndarray, int]:
     return counts, pixels
 
 
+def from_counts(counts, centers, sigma: float = 5.0, rebalance_lambda: float = 0.5,
+                pixels: int | None = None, key: str = "") -> Prior:
+    """The prior of a histogram `counts` (Q,) over the bins `centers` (Q, 2), with its smoothing
+    and rebalancing weights: the one derivation, for a training split's count (`compute`) and for
+    any ab values (`from_ab`). Probabilities in place of counts give the same prior."""
+    counts = np.asarray(counts, np.float64)
+    centers = np.asarray(centers, np.float32)
+    if counts.shape != (centers.shape[0],) or not counts.sum() > 0:
+        raise ValueError(f"an ab prior needs one non-negative count per bin, not all zero; got "
+                         f"{counts.shape} counts for {centers.shape[0]} bins")
+    probs = counts / counts.sum()
+    smoothed = ab_bins.smooth_prior(probs, centers, sigma)
+    weights = ab_bins.rebalancing_weights(smoothed, rebalance_lambda)
+    pixels = int(round(counts.sum())) if pixels is None else int(pixels)
+    return Prior(centers, probs.astype(np.float32), smoothed.astype(np.float32),
+                 weights.astype(np.float32), float(rebalance_lambda), float(sigma), pixels, key)
+
+
+def from_ab(ab, centers=None, sigma: float = 5.0, rebalance_lambda: float = 0.5) -> Prior:
+    """The prior of a set of ab values (any shape (..., 2), LAB units) on training's bins
+    (`centers`, default `ab_bins.gamut_bins()`: multiples of 10 that sRGB reaches): each value is
+    counted in its nearest bin, as `count_bins` counts a training split, so (4, 4) falls in the
+    bin centered at (0, 0). Zhang et al.'s recipe on your own data, for `evaluate --ab_prior`."""
+    import jax.numpy as jnp
+
+    centers = ab_bins.gamut_bins() if centers is None else np.asarray(centers, np.float32)
+    flat = np.asarray(ab, np.float32).reshape(-1, 2)
+    counts = np.zeros(len(centers), np.int64)
+    for start in range(0, len(flat), FROM_AB_CHUNK):  # bounds the (n, Q) distance matrix
+        nearest = ab_bins.nearest_bin(jnp.asarray(flat[start:start + FROM_AB_CHUNK]), centers)
+        counts += np.bincount(np.asarray(nearest), minlength=len(centers))
+    return from_counts(counts, centers, sigma, rebalance_lambda)
+
+
 def compute(config, progress: bool = True) -> Prior:
     """Counts the prior over the training split and derives the rebalancing weights."""
-    centers = ab_bins.bins_for(config.loss)
     counts, pixels = count_bins(config, progress)
-    probs = counts / counts.sum()
-    sigma = float(config.loss.sigma)
-    lam = float(config.loss.rebalance_lambda)
-    smoothed = ab_bins.smooth_prior(probs, centers, sigma)
-    weights = ab_bins.rebalancing_weights(smoothed, lam)
-    return Prior(np.asarray(centers, np.float32), probs.astype(np.float32),
-                 smoothed.astype(np.float32), weights.astype(np.float32), lam, sigma, pixels,
-                 prior_key(config))
+    return from_counts(counts, ab_bins.bins_for(config.loss), float(config.loss.sigma),
+                       float(config.loss.rebalance_lambda), pixels, prior_key(config))
 
 
 def save(path: str, prior: Prior) -> None:
@@ -135,15 +168,30 @@ def save(path: str, prior: Prior) -> None:
 
 
 def load(path: str) -> Prior:
-    """Reads a prior file written by `save` (no pickle)."""
-    with np.load(path, allow_pickle=False) as f:
-        missing = set(Prior._fields) - set(f.files)
-        if missing:
-            raise ValueError(f"{path}: not an ab prior written by jaxcolor.ab_prior (lacks "
-                             f"{sorted(missing)})")
-        return Prior(f["ab_centers"], f["probs"], f["probs_smoothed"], f["weights"],
-                     float(f["rebalance_lambda"]), float(f["sigma"]), int(f["pixels"]),
-                     str(f["key"]))
+    """Reads a prior file written by `save` (no pickle), checking its shapes and values: the
+    loss and `evaluate --ab_prior` both read priors through here."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = set(Prior._fields) - set(f.files)
+            if missing:
+                raise ValueError(f"{path}: not an ab prior written by jaxcolor.ab_prior (lacks "
+                                 f"{sorted(missing)}; make one with `prepare ab-prior` or "
+                                 "ab_prior.save(path, ab_prior.from_ab(ab_values))")
+            prior = Prior(f["ab_centers"], f["probs"], f["probs_smoothed"], f["weights"],
+                          float(f["rebalance_lambda"]), float(f["sigma"]), int(f["pixels"]),
+                          str(f["key"]))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such ab prior file") from None
+    q = prior.ab_centers.shape[0]
+    if prior.ab_centers.shape != (q, 2) or any(
+            a.shape != (q,) for a in (prior.probs, prior.probs_smoothed, prior.weights)):
+        raise ValueError(f"{path}: ab_centers must be (Q, 2) and probs, probs_smoothed, weights "
+                         f"(Q,); got {prior.ab_centers.shape}, {prior.probs.shape}, "
+                         f"{prior.probs_smoothed.shape}, {prior.weights.shape}")
+    if not (np.all(np.isfinite(prior.probs)) and np.all(prior.probs >= 0)
+            and prior.probs.sum() > 0):
+        raise ValueError(f"{path}: probs must be finite, non-negative and not all zero")
+    return prior
 
 
 def mismatch(prior: Prior, config, key: str | None = None) -> str | None:

@@ -25,7 +25,8 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from jaxcolor import color, metrics, parallel, runs
+from jaxcolor import ab_prior as ab_prior_lib
+from jaxcolor import color, metrics, parallel, run_record, runs
 from jaxcolor.data import pipeline
 
 SPLITS = ("validation", "test", "train")
@@ -73,7 +74,7 @@ def evaluate(workdir: str, split: str = "validation", step: int | None = None, o
     run = runs.load_run(workdir, step, overrides, sharding=repl, temperature=temperature)
     config = run.config
     parallel.check_batch(config.batch_size, mesh)
-    prior = metrics.load_ab_prior(ab_prior) if ab_prior else None
+    prior = ab_prior_lib.load(ab_prior) if ab_prior else None  # training's prior type and bins
     spec = split_spec(config, split)
 
     compiled = jax.jit(functools.partial(eval_step, run.apply, prior=prior),
@@ -95,7 +96,7 @@ def evaluate(workdir: str, split: str = "validation", step: int | None = None, o
         "step_reason": run.step_reason,
         "image_size": int(config.data.image_size),
         "crop": int(config.data.crop),
-        "data_path": config.data.path if config.data.source == "folder" else "sample",
+        "data": run_record.dataset_info(config.data),  # what was read, as run.json's `dataset`
         "rgb_data_range": metrics.DATA_RANGE,
         "ab_prior": os.path.abspath(ab_prior) if ab_prior else None,
         "loss": config.loss.name,
@@ -185,8 +186,9 @@ def parse_args(argv):
     parser.add_argument("--step", type=int, default=None,
                         help="checkpoint step (default: the best by validation loss)")
     parser.add_argument("--ab_prior", default=None,
-                        help=".npz with ab_centers (Q,2) and probs (Q,): adds the "
-                             "class-rebalanced AuC (a run's RUN/data/ab_prior.npz is one)")
+                        help="an ab prior file of jaxcolor.ab_prior (a run's "
+                             "RUN/data/ab_prior.npz, or ab_prior.save of ab_prior.from_ab): "
+                             "adds the class-rebalanced AuC")
     parser.add_argument("--out", default=None, metavar="FILE",
                         help="where the JSON record goes (default: RUN/eval_<split>_<step>.json)")
     parser.add_argument("--temperature", type=float, default=None,

@@ -19,15 +19,19 @@ Conventions (the resolution is whatever the arrays have, in evaluation the model
   a 7x7 uniform window (gaussian_weights=False), sample covariance, K1=0.01, K2=0.03, averaged
   over the windows lying fully inside the image and over the 3 channels. Needs H, W >= 7.
 * ab errors: mean absolute and root-mean-square difference of a and b, in LAB units, over pixels
-  and both channels (the same numbers as training's `val_ab_mae`).
+  and both channels. `ab_sums` / `summarize_ab` are the one definition: training's validation
+  (`jaxcolor.step.eval_step`, `summarize_eval`) adds up the same sums, so its `val_ab_mae` is this
+  ab MAE by construction.
 * AuC (Zhang et al., "Colorful Image Colorization", 2016): the fraction of pixels whose ab
   Euclidean error d is at most t, integrated over thresholds t in [0, 150] and divided by 150.
   The integral is taken exactly rather than on a grid: for one pixel it is max(0, 1 - d / 150),
   so a perfect prediction gives 1.0 and a constant error e gives (150 - e) / 150. (Summing over
   the integer thresholds 0..150 instead would differ by less than 1/150.)
 * Class-rebalanced AuC: the same with each pixel weighted by the inverse prior probability of the
-  ab bin of its true color (its nearest bin center), pooled over all pixels of the split; see
-  `ABPrior` for the prior file.
+  ab bin of its true color (its nearest bin center), pooled over all pixels of the split. The
+  prior is the one training's classification loss rebalances with, `jaxcolor.ab_prior.Prior`, on
+  the same bins (a run's `RUN/data/ab_prior.npz`, or `ab_prior.from_ab` of any ab values); see
+  `prior_weights`.
 * Colorfulness (Hasler & Suesstrunk, 2003) on 0..255 RGB: rg = R - G, yb = (R + G) / 2 - B,
   CF = sqrt(std_rg^2 + std_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2) (population std over the
   image's pixels). Reported for predictions and ground truth, their ratio (mean CF of
@@ -37,74 +41,19 @@ Conventions (the resolution is whatever the arrays have, in evaluation the model
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcolor import color
+from jaxcolor.ab_prior import Prior
 
 AUC_MAX_THRESHOLD = 150.0  # ab units, as Zhang et al.
 PSNR_MIN_MSE = 1e-10  # caps PSNR at 100 dB for a perfect image
 SSIM_WIN = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 DATA_RANGE = 1.0  # RGB in [0, 1]
-
-
-class ABPrior(NamedTuple):
-    """The empirical distribution of ab colors over Q bins, for the class-rebalanced AuC.
-
-    File format (`load_ab_prior` / `save_ab_prior`): an .npz holding `ab_centers`, float (Q, 2),
-    the bin centers in LAB units, and `probs`, float (Q,), the probability of each bin (sums to 1).
-    Zhang et al. use the 313 in-gamut bins of a 10-unit ab grid with probabilities counted on
-    ImageNet; `estimate_ab_prior` makes such a file from any set of ab values.
-
-    A pixel belongs to the bin whose center is nearest its true ab. Bins of probability 0 get the
-    weight of the rarest bin that has a nonzero probability (so a color unseen when the prior was
-    counted cannot get an infinite weight).
-    """
-
-    ab_centers: jax.Array | np.ndarray
-    probs: jax.Array | np.ndarray
-
-
-def load_ab_prior(path: str) -> ABPrior:
-    """Reads an ab prior .npz (no pickle) and checks its shapes and values."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"ab_centers", "probs"} - set(data.files)
-            if missing:
-                raise ValueError(
-                    f"{path}: ab prior file lacks {sorted(missing)}; expected arrays "
-                    "'ab_centers' (Q, 2) in LAB units and 'probs' (Q,)"
-                )
-            centers = np.asarray(data["ab_centers"], np.float32)
-            probs = np.asarray(data["probs"], np.float32)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such ab prior file (.npz with ab_centers, probs)") from None
-    if centers.ndim != 2 or centers.shape[1] != 2 or probs.shape != (centers.shape[0],):
-        raise ValueError(
-            f"{path}: ab_centers must be (Q, 2) and probs (Q,); got {centers.shape} and {probs.shape}"
-        )
-    if not (np.all(np.isfinite(probs)) and np.all(probs >= 0) and probs.sum() > 0):
-        raise ValueError(f"{path}: probs must be finite, non-negative and not all zero")
-    return ABPrior(centers, probs / probs.sum())
-
-
-def save_ab_prior(path: str, prior: ABPrior) -> None:
-    np.savez(path, ab_centers=np.asarray(prior.ab_centers, np.float32),
-             probs=np.asarray(prior.probs, np.float32))
-
-
-def estimate_ab_prior(ab: np.ndarray, bin_size: float = 10.0) -> ABPrior:
-    """The prior of a set of ab values (any shape (..., 2), LAB units) on a square grid of
-    `bin_size` units, keeping only the bins that occur (Zhang et al.'s recipe on your data)."""
-    ab = np.asarray(ab, np.float64).reshape(-1, 2)
-    cells = np.floor(ab / bin_size).astype(np.int64)
-    keys, counts = np.unique(cells, axis=0, return_counts=True)
-    centers = (keys + 0.5) * bin_size
-    return ABPrior(centers.astype(np.float32), (counts / counts.sum()).astype(np.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,9 +126,12 @@ def auc_per_pixel(distance, max_threshold: float = AUC_MAX_THRESHOLD):
     return jnp.clip(1.0 - distance / max_threshold, 0.0, 1.0)
 
 
-def prior_weights(ab_true, prior: ABPrior):
-    """(B, H, W) inverse prior probability of each pixel's true ab bin, scaled so that the
-    most common bin weighs 1 (only ratios matter; small numbers keep float32 sums accurate)."""
+def prior_weights(ab_true, prior: Prior):
+    """(B, H, W) inverse prior probability (`prior.probs`, unsmoothed) of each pixel's true ab bin
+    (its nearest center, as training assigns bins), scaled so that the most common bin weighs 1
+    (only ratios matter; small numbers keep float32 sums accurate). Bins of probability 0 get the
+    weight of the rarest seen bin, so a color unseen when the prior was counted cannot get an
+    infinite weight."""
     centers = jnp.asarray(prior.ab_centers, jnp.float32)
     probs = jnp.asarray(prior.probs, jnp.float32)
     rarest = jnp.min(jnp.where(probs > 0, probs, jnp.inf))
@@ -194,25 +146,38 @@ def prior_weights(ab_true, prior: ABPrior):
 # Split-level sums and their summary
 
 
-def batch_sums(l, ab_true, ab_pred, weight, prior: ABPrior | None = None) -> dict[str, jax.Array]:
+def ab_sums(ab_true, ab_pred, weight) -> dict[str, jax.Array]:
+    """Weighted sums of one batch's ab errors, LAB units: `count` (the weights' sum), `ab_abs` and
+    `ab_sq` (per example, |error| and error^2 averaged over its pixels and both channels, times its
+    weight; 0 for padding rows). The one definition of the ab errors: `step.eval_step` (training's
+    validation) and `batch_sums` (`evaluate`) both add these up and `summarize_ab` both divide,
+    so training's `val_ab_mae` and evaluate's ab MAE cannot drift apart."""
+    w = weight.astype(jnp.float32)
+    err = (ab_pred - ab_true).astype(jnp.float32)
+    per_example = lambda x: x.reshape(x.shape[0], -1).mean(axis=1)  # noqa: E731
+    return {
+        "count": w.sum(),
+        "ab_abs": (per_example(jnp.abs(err)) * w).sum(),
+        "ab_sq": (per_example(err**2) * w).sum(),
+    }
+
+
+def batch_sums(l, ab_true, ab_pred, weight, prior: Prior | None = None) -> dict[str, jax.Array]:
     """Weighted sums over one batch of every metric; add them up over batches, then `summarize`.
 
     l: (B, H, W, 1) L in [0, 100]; ab_true, ab_pred: (B, H, W, 2) LAB units; weight: (B,), 0 for
-    padding rows. `prior` adds the class-rebalanced AuC.
+    padding rows. `prior` (an `ab_prior.Prior`) adds the class-rebalanced AuC.
     """
     w = weight.astype(jnp.float32)
     rgb_true = lab_to_rgb(l, ab_true)
     rgb_pred = lab_to_rgb(l, ab_pred)
-    err = (ab_pred - ab_true).astype(jnp.float32)
     per_example = lambda x: x.reshape(x.shape[0], -1).mean(axis=1)  # noqa: E731
     cf_pred, cf_true = colorfulness(rgb_pred), colorfulness(rgb_true)
     auc = auc_per_pixel(ab_distance(ab_pred, ab_true))
     sums = {
-        "count": w.sum(),
+        **ab_sums(ab_true, ab_pred, weight),
         "psnr": (psnr(rgb_pred, rgb_true) * w).sum(),
         "ssim": (ssim(rgb_pred, rgb_true) * w).sum(),
-        "ab_abs": (per_example(jnp.abs(err)) * w).sum(),
-        "ab_sq": (per_example(err**2) * w).sum(),
         "auc": (per_example(auc) * w).sum(),
         "cf_pred": (cf_pred * w).sum(),
         "cf_true": (cf_true * w).sum(),
@@ -225,7 +190,15 @@ def batch_sums(l, ab_true, ab_pred, weight, prior: ABPrior | None = None) -> dic
     return sums
 
 
-batch_sums_jit = jax.jit(batch_sums)
+_batch_sums_jit = jax.jit(batch_sums)
+
+
+def batch_sums_jit(l, ab_true, ab_pred, weight, prior: Prior | None = None):
+    """`batch_sums` compiled. Of the prior only its arrays go in as arguments: its other fields
+    (lambda, sigma, pixels, the key string) are no JAX types, and the AuC reads none of them."""
+    if prior is not None:
+        prior = prior._replace(rebalance_lambda=None, sigma=None, pixels=None, key=None)
+    return _batch_sums_jit(l, ab_true, ab_pred, weight, prior)
 
 
 def add(a: dict | None, b: dict) -> dict:
@@ -233,24 +206,34 @@ def add(a: dict | None, b: dict) -> dict:
     return b if a is None else jax.tree.map(jnp.add, a, b)
 
 
+def split_mean(sums: dict, key: str) -> float:
+    """The per-example mean of a summed metric. n is the count itself: an evaluation that scored
+    no image gives NaN, never a perfect 0 (the callers' `pipeline.count_skipped` then raises
+    NothingEvaluatedError)."""
+    n = float(np.asarray(sums["count"]))
+    return float(np.asarray(sums[key])) / n if n > 0 else math.nan
+
+
+def summarize_ab(sums: dict, prefix: str = "") -> dict[str, float]:
+    """Summed `ab_sums` (device or host) -> {prefix + 'ab_mae', prefix + 'ab_rmse'}; `prefix`
+    reads the sums stored under `prefix + 'ab_abs'` / `'ab_sq'` (training's gray baseline)."""
+    return {f"{prefix}ab_mae": split_mean(sums, f"{prefix}ab_abs"),
+            f"{prefix}ab_rmse": math.sqrt(split_mean(sums, f"{prefix}ab_sq"))}
+
+
 def summarize(sums: dict) -> dict[str, float]:
     """Device or host sums -> the split's metrics as Python floats (see module docstring)."""
     s = {k: float(np.asarray(v)) for k, v in sums.items()}
-    n = max(s["count"], 1.0)
-    out = {
-        "psnr": s["psnr"] / n,
-        "ssim": s["ssim"] / n,
-        "ab_mae": s["ab_abs"] / n,
-        "ab_rmse": math.sqrt(s["ab_sq"] / n),
-        "auc": s["auc"] / n,
-    }
+    out = {"psnr": split_mean(s, "psnr"), "ssim": split_mean(s, "ssim"), **summarize_ab(s),
+           "auc": split_mean(s, "auc")}
     if "auc_rb_num" in s:
-        out["auc_rebalanced"] = s["auc_rb_num"] / max(s["auc_rb_den"], 1e-30)
+        den = s["auc_rb_den"]  # > 0 whenever an image counted: every bin weighs > 0
+        out["auc_rebalanced"] = s["auc_rb_num"] / den if den > 0 else math.nan
     out.update(
-        colorfulness=s["cf_pred"] / n,
-        colorfulness_true=s["cf_true"] / n,
+        colorfulness=split_mean(s, "cf_pred"),
+        colorfulness_true=split_mean(s, "cf_true"),
         colorfulness_ratio=s["cf_pred"] / s["cf_true"] if s["cf_true"] > 0 else math.nan,
-        colorfulness_delta=s["cf_absdiff"] / n,
+        colorfulness_delta=split_mean(s, "cf_absdiff"),
         count=int(round(s["count"])),
     )
     return out

@@ -4,16 +4,23 @@ One file per workdir, rewritten atomically (temporary file + rename, so a kill n
 a record):
 
 - `config`, `seed`: the full resolved config of the latest session;
-- `dataset`: the source, its path, the number of image files and a digest of the sorted file list
-  (and, per split, its spec, size and record digest), so two machines can check they trained on
-  the same photos;
+- `dataset`: what was really read (`dataset_info`, also the `data` of every `evaluate` record):
+  the source and, per source, its folder, file count and a digest of the sorted file list
+  (folder, sample), the shard directory with its manifest's origin, crop, size, encoding, count
+  and each shard's SHA-256 (shards), or the TFDS dataset's name, version and data_dir (tfds);
+  and per split its spec, size and record digest. So two machines can check they trained on the
+  same photos;
+- `machine`: what decides whether two runs can be bitwise equal: CPU model and SIMD flags,
+  `XLA_FLAGS`, accelerator kind and driver (`machine_info`);
 - `status`: `running` | `finished` | `interrupted` (stop request, rerun to resume) | `failed`;
   a session that never wrote its end (SIGKILL, power loss) is marked `killed` by the next one;
 - `start_time`, `end_time` (UTC ISO 8601) of the whole run;
-- `command`, `versions`, `devices`, `process_count`, `git`: those of the latest session;
+- `command`, `versions`, `devices`, `machine`, `process_count`, `git`: those of the latest
+  session;
 - `history`: one entry per session (each start of `python -m jaxcolor.train` in this workdir):
   its start and end, the steps it covered, how it ended, its command line, versions, devices,
-  git commit and the config fields it changed (with `--allow_config_change`). Resuming appends.
+  machine, git commit and the config fields it changed (with `--allow_config_change`). Resuming
+  appends.
 
 `config_diff` compares a saved `config.json` with a new config; `train` refuses to start when
 they differ in any field outside `HARMLESS_FIELDS` unless told `--allow_config_change`.
@@ -28,6 +35,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 from typing import Any
@@ -212,21 +220,81 @@ def git_info(path: str | None = None) -> dict:
         return {"commit": None, "dirty": None}
 
 
-def dataset_info(data_config) -> dict:
-    """Source, path, file count and a digest of the sorted file list, plus per-split sizes."""
+def files_digest(names) -> str:
+    """A short digest of a sorted list of relative file names: the folder source's listing and a
+    shard manifest's listing of the same folder give the same digest."""
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def _folder_data(data_config) -> dict:
     from jaxcolor.data import sources
 
-    info: dict[str, Any] = {"source": data_config.source}
-    if data_config.source == "folder":
-        root = os.path.abspath(data_config.path)
-        files = sources.list_image_files(root)
-        info["path"] = root
-    else:
-        root = sources.sample_dir()
-        files = sorted({p for names in sources.SAMPLE_PHOTOS.values() for p in names})
-        info["path"] = root
-    info["num_files"] = len(files)
-    info["files_digest"] = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+    root = os.path.abspath(data_config.path)
+    files = sources.list_image_files(root)
+    return {"path": root, "num_files": len(files), "files_digest": files_digest(files)}
+
+
+def _sample_data(data_config) -> dict:
+    from jaxcolor.data import sources
+
+    files = sorted({p for names in sources.SAMPLE_PHOTOS.values() for p in names})
+    return {"path": sources.sample_dir(), "num_files": len(files),
+            "files_digest": files_digest(files)}
+
+
+def _shards_data(data_config) -> dict:
+    """The shard directory and what its manifest says of it: the folder it was prepared from,
+    crop, size, encoding, records, and each shard's SHA-256 as `prepare shards` computed it when
+    writing (not rehashed here: that would read the whole dataset at every start)."""
+    from jaxcolor.data import shards
+
+    root = os.path.abspath(data_config.path)
+    manifest = shards.read_manifest(root)
+    sha256 = {row["name"]: row["sha256"] for row in manifest["shards"]}
+    digest = hashlib.sha256(json.dumps(sha256, sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "path": root, "prepared_from": manifest["source"], "crop": manifest["crop"],
+        "size": manifest["size"], "encoding": manifest["encoding"], "count": manifest["count"],
+        "num_files": manifest["listed"],
+        "files_digest": files_digest([name for name, _ in manifest["files"]]),
+        "shards_sha256": sha256,
+        "shards_digest": digest,
+    }
+
+
+def _tfds_data(data_config) -> dict:
+    """Name, version and data_dir of a TFDS dataset, from the dataset_info of the prepared data
+    the source opens (already open: listing the records opened it), else as the config gives
+    them (`name:version`)."""
+    from jaxcolor.data import sources
+
+    name, _, version = str(data_config.name).partition(":")
+    out = {"name": name, "version": version or None, "config": None,
+           "data_dir": os.path.abspath(data_config.data_dir) if data_config.data_dir else None}
+    try:
+        info = sources.tfds_source(data_config.name, data_config.data_dir,
+                                   data_config.train_split).dataset_info
+        out.update(name=info.name, version=str(info.version), config=info.config_name or None,
+                   data_dir=info.data_dir,
+                   num_examples={k: int(v.num_examples) for k, v in info.splits.items()})
+    except Exception as exc:  # noqa: BLE001 - the record says why, the run goes on
+        out["info_error"] = f"{type(exc).__name__}: {exc}"[:500]
+    return out
+
+
+_DESCRIBE = {"folder": _folder_data, "sample": _sample_data, "shards": _shards_data,
+             "tfds": _tfds_data}
+
+
+def dataset_info(data_config) -> dict:
+    """What a run or an evaluation really read: the source's own description (see the module
+    docstring) plus, per split, its spec, record count and record digest. The one place both
+    `run.json` and `evaluate`'s records take it from, so the two always say the same."""
+    from jaxcolor.data import sources
+
+    describe = _DESCRIBE.get(data_config.source)
+    info: dict[str, Any] = {"source": data_config.source, **(describe(data_config) if describe
+                                                             else {})}
     splits = {}
     for name, field in (("train", "train_split"), ("validation", "val_split"),
                         ("test", "test_split")):
@@ -239,6 +307,75 @@ def dataset_info(data_config) -> dict:
         splits[name] = {"spec": spec, "count": len(records), "digest": sources.digest(records)}
     info["splits"] = splits
     return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine
+
+
+# /proc/cpuinfo flags that change the code XLA:CPU emits (it compiles for the host's own vector
+# units), hence float rounding: x86 SSE/AVX/AVX-512/AMX/FMA/F16C, Arm NEON/SVE.
+SIMD_FLAG_PREFIXES = ("sse", "ssse3", "avx", "fma", "f16c", "amx", "asimd", "sve", "neon")
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> dict:
+    """{'model', 'simd_flags' (sorted), 'flags_digest' (all flags, short SHA-256)} of the first
+    CPU in `path` (x86's 'model name'/'flags', Arm's 'Features'); nulls where it is unreadable."""
+    fields: dict[str, str] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    model = fields.get("model name") or fields.get("Processor") or platform.processor() or None
+    raw = fields.get("flags", fields.get("Features"))
+    flags = sorted(set(raw.split())) if raw is not None else None
+    return {
+        "model": model,
+        "simd_flags": None if flags is None else [f for f in flags
+                                                  if f.startswith(SIMD_FLAG_PREFIXES)],
+        "flags_digest": None if flags is None
+        else hashlib.sha256(" ".join(flags).encode()).hexdigest()[:16],
+    }
+
+
+def _nvidia_driver(path: str = "/proc/driver/nvidia/version") -> str | None:
+    """The NVIDIA kernel driver's version, from 'NVRM version: NVIDIA UNIX [Open] Kernel Module
+    [for x86_64]  550.54.15  ...' (a file read: no nvidia-smi, no CUDA call)."""
+    try:
+        with open(path) as f:
+            first = f.readline()
+    except OSError:
+        return None
+    found = re.search(r"\b\d+\.\d+(?:\.\d+)?\b", first)
+    return found.group(0) if found else first.strip() or None
+
+
+def accelerator_info() -> dict:
+    """Platform, device kind, the runtime's platform version (the CUDA version on GPU, libtpu's
+    on TPU) and, on an NVIDIA GPU, the kernel driver's version (else null)."""
+    import jax
+
+    device = jax.devices()[0]
+    try:
+        version = str(device.client.platform_version)
+    except Exception:  # noqa: BLE001 - not every backend exposes it
+        version = None
+    return {"platform": device.platform, "kind": device.device_kind,
+            "platform_version": version,
+            "driver": _nvidia_driver() if device.platform == "gpu" else None}
+
+
+def machine_info() -> dict:
+    """What decides whether two runs of the same code, config and data are bitwise equal: the
+    CPU (XLA:CPU compiles for the host's instruction set, so an AVX-512 machine rounds
+    differently from an AVX2 one), the XLA_FLAGS in force and the accelerator and its driver."""
+    return {"cpu": cpu_info(), "xla_flags": os.environ.get("XLA_FLAGS"),
+            "accelerator": accelerator_info()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +437,7 @@ class RunRecord:
             "host": platform.node(),
             "versions": versions(),
             "devices": devices(),
+            "machine": machine_info(),
             "process_count": jax.process_count(),
             "git": git_info(),
             "config_changes": [{"field": k, "saved": a, "new": b} for k, a, b in config_changes],
@@ -309,7 +447,8 @@ class RunRecord:
             config=config_as_json(config), seed=int(config.seed), dataset=dataset_info(config.data),
             status="running", end_time=None, command=session["command"],
             versions=session["versions"], devices=session["devices"],
-            process_count=session["process_count"], git=session["git"],
+            machine=session["machine"], process_count=session["process_count"],
+            git=session["git"],
         )
         self.record = record
         write(self.workdir, record)

@@ -168,14 +168,14 @@ def test_prior_command_writes_weights_with_unit_expectation(tmp_path):
 
 
 def test_tiny_classification_run_trains_evaluates_and_colorizes(tmp_path):
-    from jaxcolor import colorize, evaluate, train
+    from jaxcolor import colorize, evaluate, loop
 
     c = tiny_config(num_steps=16, log_every=4, eval_every=16, checkpoint_every=16)
     c.loss.name, c.loss.output_stride = "classification", 2
     c.data.sample_train_examples = 16  # the prior is counted over these at the start
     c.optimizer.learning_rate = 3e-3
     workdir = str(tmp_path / "run")
-    summary = train.run(c, workdir)
+    summary = loop.train_and_evaluate(c, workdir)
     assert os.path.isfile(os.path.join(workdir, "data", "ab_prior.npz"))
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
@@ -183,10 +183,13 @@ def test_tiny_classification_run_trains_evaluates_and_colorizes(tmp_path):
     assert np.mean(train_losses[-2:]) < train_losses[0]
     assert summary["ab_mae"] > 0 and np.isfinite(summary["loss"])
 
-    assert evaluate.main(["--workdir", workdir, "--temperature", "0"]) == 0
+    prior_file = os.path.join(workdir, "data", "ab_prior.npz")  # training's prior, for the AuC
+    assert evaluate.main(["--workdir", workdir, "--temperature", "0",
+                          "--ab_prior", prior_file]) == 0
     with open(evaluate.result_path(workdir, "validation", 16, 0.0)) as f:
         result = json.load(f)
     assert result["temperature"] == 0.0 and result["model"]["count"] == 16
+    assert result["ab_prior"] == prior_file and 0 < result["model"]["auc_rebalanced"] <= 1
     assert result["model"]["colorfulness"] > 0
 
     from PIL import Image

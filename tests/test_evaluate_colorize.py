@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, tiny_config, write_images
-from jaxcolor import color, runs, train
+from jaxcolor import color, loop, run_record, runs
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run"))
-    train.run(tiny_config(), workdir)  # 6 steps, evaluations and checkpoints at 3 and 6
+    loop.train_and_evaluate(tiny_config(), workdir)  # 6 steps, evaluations and checkpoints at 3 and 6
     return workdir
 
 
@@ -105,6 +105,9 @@ def test_evaluate_cli_writes_json_and_prints_model_and_gray(run_dir):
     assert result["model"]["ab_mae"] == pytest.approx(logged["val_ab_mae"], rel=1e-4)
     assert result["gray"]["ab_mae"] == pytest.approx(logged["val_gray_ab_mae"], rel=1e-4)
     assert result["gray"]["colorfulness"] < 1.0 < result["model"]["colorfulness_true"]
+    # what was read, as run.json says it (one function: run_record.dataset_info)
+    assert result["data"] == run_record.read(run_dir)["dataset"]
+    assert result["data"]["source"] == "sample" and "data_path" not in result
 
 
 def test_evaluate_cli_errors(run_dir, tmp_path):

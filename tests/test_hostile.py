@@ -288,7 +288,11 @@ FILL_DISK = textwrap.dedent("""
 
     def fill_then_check(self, step):
         if step == fill_at:
-            time.sleep(0.5)  # the previous checkpoint's write finishes
+            done = os.path.join(workdir, "checkpoints", str(fill_at - 1), "commit_success.txt")
+            deadline = time.time() + 120
+            while not os.path.exists(done) and time.time() < deadline:
+                time.sleep(0.05)  # the previous checkpoint's write finishes first
+            time.sleep(0.2)
             with open(os.path.join(workdir, "filler"), "wb") as f:
                 try:
                     while True:

@@ -4,12 +4,13 @@ NumPy for colorfulness and ab errors, closed-form cases for AuC."""
 import math
 import warnings
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import skimage.color
 import skimage.metrics
 
-from jaxcolor import metrics
+from jaxcolor import ab_bins, ab_prior, metrics
 
 
 def smooth_rgb(rng, b, h, w):
@@ -153,10 +154,10 @@ def test_rebalanced_auc():
     plain = summary(batch)["auc"]
     assert plain == pytest.approx((48 * 1.0 + 16 * 0.5) / 64, abs=1e-6)
 
-    uniform = metrics.ABPrior(centers, np.array([0.5, 0.5], np.float32))
+    uniform = ab_prior.from_counts(np.array([0.5, 0.5]), centers)
     assert summary(batch, uniform)["auc_rebalanced"] == pytest.approx(plain, abs=1e-6)
 
-    skewed = metrics.ABPrior(centers, np.array([0.9, 0.1], np.float32))
+    skewed = ab_prior.from_counts(np.array([0.9, 0.1]), centers)
     w_red, w_green = 1 / 0.9, 1 / 0.1
     expected = (48 * w_red * 1.0 + 16 * w_green * 0.5) / (48 * w_red + 16 * w_green)
     got = summary(batch, skewed)["auc_rebalanced"]
@@ -170,9 +171,8 @@ def test_rebalanced_auc():
 def skewed_prior(ab_true):
     """A prior counted on the real rows, made very uneven (bin weights from 1 to ~1e3), so that
     a rebalanced sum that let a padded row's pixels in would move visibly."""
-    prior = metrics.estimate_ab_prior(ab_true, bin_size=10.0)
-    probs = np.asarray(prior.probs, np.float64) ** 2
-    return metrics.ABPrior(prior.ab_centers, (probs / probs.sum()).astype(np.float32))
+    prior = ab_prior.from_ab(ab_true)
+    return ab_prior.from_counts(np.asarray(prior.probs, np.float64) ** 2, prior.ab_centers)
 
 
 def padded_row(kind, shape):
@@ -226,17 +226,84 @@ def test_sums_accumulate_across_batches(lab_batch):
         assert value == pytest.approx(whole[key], rel=1e-6), key
 
 
-def test_ab_prior_file_round_trip_and_errors(tmp_path):
-    ab = np.array([[1.0, 1.0], [2.0, 3.0], [15.0, -4.0], [1.5, 2.5]])
-    prior = metrics.estimate_ab_prior(ab, bin_size=10.0)
-    np.testing.assert_allclose(prior.ab_centers, [[5.0, 5.0], [15.0, -5.0]])
-    np.testing.assert_allclose(prior.probs, [0.75, 0.25])
+def test_the_evaluation_prior_counts_colors_in_the_training_bins(tmp_path):
+    """evaluate's rebalanced AuC and the classification loss share one prior on one grid:
+    centers at multiples of 10, a color counted in its nearest bin, so (4, 4) is bin (0, 0)
+    (the old evaluation prior floored it into a bin centered at (5, 5))."""
+    ab = np.array([[4.0, 4.0], [4.0, 4.0], [-3.0, 2.0], [14.0, -4.0]], np.float32)
+    prior = ab_prior.from_ab(ab)
+    centers = ab_bins.gamut_bins()
+    np.testing.assert_array_equal(prior.ab_centers, centers)  # training's bins, in its order
+    seen = {tuple(c): float(p) for c, p in zip(prior.ab_centers.tolist(), prior.probs) if p > 0}
+    assert seen == pytest.approx({(0.0, 0.0): 0.75, (10.0, 0.0): 0.25})
+    assert centers[int(ab_bins.nearest_bin(jnp.asarray(ab[:1]), centers)[0])].tolist() == [0, 0]
+    # The file evaluate --ab_prior reads (a run's RUN/data/ab_prior.npz is one) round-trips,
+    # and weighs (4, 4) as bin (0, 0) and (14, -4) as bin (10, 0), three times rarer.
     path = str(tmp_path / "prior.npz")
-    metrics.save_ab_prior(path, prior)
-    loaded = metrics.load_ab_prior(path)
-    np.testing.assert_allclose(loaded.probs, prior.probs)
-    np.savez(tmp_path / "bad.npz", centers=prior.ab_centers)
-    with pytest.raises(ValueError, match="ab_centers"):
-        metrics.load_ab_prior(str(tmp_path / "bad.npz"))
+    ab_prior.save(path, prior)
+    loaded = ab_prior.load(path)
+    for field in ("ab_centers", "probs", "probs_smoothed", "weights"):
+        np.testing.assert_array_equal(getattr(loaded, field), getattr(prior, field))
+    weights = np.asarray(metrics.prior_weights(jnp.asarray(ab[None, None]), loaded))
+    np.testing.assert_allclose(weights[0, 0], [1.0, 1.0, 1.0, 3.0], rtol=1e-6)
+
+
+def test_ab_prior_file_errors(tmp_path):
+    prior = ab_prior.from_ab(np.array([[1.0, 1.0], [14.0, -4.0]]))
+    np.savez(tmp_path / "bad.npz", ab_centers=prior.ab_centers, probs=prior.probs)
+    with pytest.raises(ValueError, match="lacks"):
+        ab_prior.load(str(tmp_path / "bad.npz"))
     with pytest.raises(FileNotFoundError, match="missing.npz"):
-        metrics.load_ab_prior(str(tmp_path / "missing.npz"))
+        ab_prior.load(str(tmp_path / "missing.npz"))
+    ab_prior.save(str(tmp_path / "short.npz"), prior._replace(probs=prior.probs[:3]))
+    with pytest.raises(ValueError, match=r"\(Q, 2\)"):
+        ab_prior.load(str(tmp_path / "short.npz"))
+    with pytest.raises(ValueError, match="one non-negative count per bin"):
+        ab_prior.from_counts(np.zeros(2), prior.ab_centers[:2])
+
+
+# --- one evaluation core: training's validation and evaluate ---------------------------------
+
+
+def test_training_validation_and_evaluate_compute_the_ab_errors_alike(lab_batch):
+    """step.eval_step (training's validation) and evaluate's eval_step score the same
+    predictions with the same sums: the ab errors agree to the last bit, padding row and gray
+    baseline included."""
+    import functools
+    from types import SimpleNamespace
+
+    import jax
+
+    from jaxcolor import color, evaluate, step
+
+    l, ab_true, ab_pred, weight = (np.asarray(x, np.float32) for x in lab_batch)
+    batch = {"L": l / color.L_SCALE, "ab": ab_true / color.AB_SCALE, "weight": weight}
+    pred = jnp.asarray(ab_pred / color.AB_SCALE)
+    state = SimpleNamespace(apply_fn=lambda variables, x, train: pred, params={},
+                            batch_stats={})
+    zero_loss = lambda out, ab, w: jnp.float32(0.0)  # noqa: E731
+    val = jax.jit(lambda b: step.eval_step(state, b, loss_fn=zero_loss))(batch)
+    ev = jax.jit(functools.partial(evaluate.eval_step, lambda variables, x: pred, {}))(batch)
+    for key in ("count", "ab_abs", "ab_sq"):
+        assert float(val[key]) == float(ev["model"][key]), key
+        if key != "count":
+            assert float(val[f"gray_{key}"]) == float(ev["gray"][key]), key
+    summary, scores = step.summarize_eval(val), metrics.summarize(ev["model"])
+    assert summary["ab_mae"] == scores["ab_mae"] and summary["ab_rmse"] == scores["ab_rmse"]
+    assert summary["gray_ab_mae"] == metrics.summarize(ev["gray"])["ab_mae"]
+    assert summary["count"] == scores["count"] == 3
+
+
+def test_a_split_with_no_image_scores_nan_never_zero():
+    """No image scored is no number (the callers' pipeline.count_skipped then raises
+    NothingEvaluatedError), not the perfect 0 error that dividing by max(count, 1) gave."""
+    from jaxcolor import step
+
+    val = step.summarize_eval({k: 0.0 for k in ("count", "loss", "ab_abs", "ab_sq",
+                                                "gray_ab_abs", "gray_ab_sq")})
+    assert val["count"] == 0
+    assert all(math.isnan(val[k]) for k in val if k != "count"), val
+    l, ab, w = np.zeros((1, 8, 8, 1), np.float32), np.zeros((1, 8, 8, 2), np.float32), np.zeros(1)
+    scores = metrics.summarize(metrics.batch_sums_jit(l, ab, ab, w.astype(np.float32)))
+    assert scores["count"] == 0
+    assert all(math.isnan(v) for k, v in scores.items() if k != "count"), scores

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny_config
 
-from jaxcolor import checkpoint, run_record, train
+from jaxcolor import checkpoint, loop, run_record, train, trainer as trainer_lib
 from jaxcolor import step as step_lib
 from jaxcolor.configs.default import get_config
 from jaxcolor.data import pipeline
@@ -62,12 +62,12 @@ def metric_rows(workdir):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("reference"))
-    train.run(config(), workdir)
+    loop.train_and_evaluate(config(), workdir)
     return workdir
 
 
 def test_same_seed_is_bitwise_identical_and_run_json_explains_the_run(reference, tmp_path):
-    train.run(config(), str(tmp_path))
+    loop.train_and_evaluate(config(), str(tmp_path))
     assert_trees_equal(final_params(reference), final_params(tmp_path))
     assert metric_rows(reference) == metric_rows(tmp_path)
 
@@ -82,11 +82,14 @@ def test_same_seed_is_bitwise_identical_and_run_json_explains_the_run(reference,
     assert record["dataset"]["splits"]["train"]["count"] == 64
     [session] = record["history"]
     assert (session["start_step"], session["end_step"], session["status"]) == (0, STEPS, "finished")
+    # what decides bitwise equality (tests/test_run_record.py checks the values)
+    assert record["machine"] == session["machine"] == run_record.machine_info()
+    assert set(record["machine"]) == {"cpu", "xla_flags", "accelerator"}
     assert record["start_time"] <= record["end_time"] and record["train_seconds"] > 0
 
 
 def test_a_different_seed_changes_parameters_metrics_and_data_order(reference, tmp_path):
-    train.run(config(seed=1), str(tmp_path))
+    loop.train_and_evaluate(config(seed=1), str(tmp_path))
     a, b = final_params(reference)[1], final_params(tmp_path)[1]
     assert any(not np.array_equal(x, y) for x, y in
                zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])))
@@ -100,9 +103,9 @@ def test_a_different_seed_changes_parameters_metrics_and_data_order(reference, t
     # step keys: fold_in(step root of the seed, step) - equal for equal (seed, step) only
     data = lambda k: np.asarray(jax.random.key_data(k))
     np.testing.assert_array_equal(
-        data(train.step_key(0, 7)), data(jax.random.fold_in(train.step_root(0), 7)))
-    assert not np.array_equal(data(train.step_key(0, 7)), data(train.step_key(1, 7)))
-    assert not np.array_equal(data(train.step_key(0, 7)), data(train.step_key(0, 8)))
+        data(trainer_lib.step_key(0, 7)), data(jax.random.fold_in(trainer_lib.step_root(0), 7)))
+    assert not np.array_equal(data(trainer_lib.step_key(0, 7)), data(trainer_lib.step_key(1, 7)))
+    assert not np.array_equal(data(trainer_lib.step_key(0, 7)), data(trainer_lib.step_key(0, 8)))
 
 
 def test_a_changed_config_is_refused_with_the_differing_fields(reference):
@@ -111,7 +114,7 @@ def test_a_changed_config_is_refused_with_the_differing_fields(reference):
     c.batch_size = 4
     c.log_every = 1  # harmless: not reported
     with pytest.raises(run_record.ConfigChangedError) as err:
-        train.run(c, reference)
+        loop.train_and_evaluate(c, reference)
     message = str(err.value)
     assert "optimizer.learning_rate: 0.001 -> 0.002" in message
     assert "batch_size: 8 -> 4" in message and "log_every" not in message
@@ -124,7 +127,7 @@ def test_a_workdir_in_use_is_refused(tmp_path):
     lock = run_record.WorkdirLock(str(tmp_path)).acquire()
     try:
         with pytest.raises(run_record.WorkdirBusyError, match=f"another process \\(pid {os.getpid()}"):
-            train.run(config(), str(tmp_path))
+            loop.train_and_evaluate(config(), str(tmp_path))
     finally:
         lock.release()
     assert not run_record.WorkdirLock(str(tmp_path)).held_elsewhere()
@@ -146,7 +149,7 @@ def test_incomplete_checkpoints_are_set_aside_and_training_continues(reference, 
             os.truncate(os.path.join(dirpath, name), 0)
     shutil.copytree(ckpt / str(previous), ckpt / "1100.orbax-checkpoint-tmp-1234567")
 
-    train.run(config(), str(workdir))
+    loop.train_and_evaluate(config(), str(workdir))
     assert_trees_equal(final_params(reference), final_params(workdir))
     assert metric_rows(reference) == metric_rows(workdir)
     aside = sorted(int(d.split("-")[0]) for d in os.listdir(workdir / "checkpoints_incomplete"))
@@ -159,7 +162,7 @@ def test_incomplete_checkpoints_are_set_aside_and_training_continues(reference, 
 
 def _poison(monkeypatch, bad_index):
     """Makes the `bad_index`-th training batch (0-based) NaN."""
-    original = train._host_batches
+    original = loop._host_batches
 
     def host_batches(iterator):
         for i, (batch, state, skipped) in enumerate(original(iterator)):
@@ -167,7 +170,7 @@ def _poison(monkeypatch, bad_index):
                 batch = dict(batch, ab=np.full_like(batch["ab"], np.nan))
             yield batch, state, skipped
 
-    monkeypatch.setattr(train, "_host_batches", host_batches)
+    monkeypatch.setattr(loop, "_host_batches", host_batches)
 
 
 def test_a_non_finite_update_is_skipped_and_counted(monkeypatch, tmp_path):
@@ -175,7 +178,7 @@ def test_a_non_finite_update_is_skipped_and_counted(monkeypatch, tmp_path):
     c = config(num_steps=12, checkpoint_every=4, eval_every=12, log_every=1)
     _poison(monkeypatch, 5)  # step 6
     c.skip_nonfinite = True
-    train.run(c, str(tmp_path / "skip"))
+    loop.train_and_evaluate(c, str(tmp_path / "skip"))
     with open(tmp_path / "skip" / "summary.json") as f:
         assert json.load(f)["skipped_updates"] == 1
     rows = metric_rows(tmp_path / "skip")
