@@ -36,7 +36,6 @@ from orbax.checkpoint import checkpoint_managers
 
 log = logging.getLogger("jaxcolor")
 
-EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: a stop request was checkpointed; rerun to resume
 ITEMS = ("state", "data", "loop")
 STEP_METADATA = "_CHECKPOINT_METADATA"  # written by orbax into every finalized step directory
 CHECKSUMS = "checksums"  # key of the loop record holding the digests of the saved values

@@ -41,6 +41,9 @@ import sys
 from typing import Any
 
 RUN_JSON = "run.json"
+# The exit status of a run stopped by a request (SIGTERM, SIGINT) after its checkpoint: rerun to
+# resume. EX_TEMPFAIL. One definition for `train` and `study` (which waits for its members).
+EXIT_INTERRUPTED = 75
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
 
 # Fields that change how a run is logged, checkpointed or fed, never the numbers it computes:

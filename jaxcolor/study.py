@@ -46,7 +46,7 @@ import numpy as np
 
 from jaxcolor import run_record
 
-EXIT_INTERRUPTED = 75  # = jaxcolor.checkpoint.EXIT_INTERRUPTED; not imported: this starts no JAX
+EXIT_INTERRUPTED = run_record.EXIT_INTERRUPTED
 DEFAULT_METRICS = ("ab_mae", "ab_rmse", "psnr", "ssim", "auc")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

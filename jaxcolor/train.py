@@ -29,7 +29,7 @@ from jaxcolor.data import pipeline
 from jaxcolor.loop import train_and_evaluate
 from jaxcolor.trainer import NonFiniteError
 
-EXIT_INTERRUPTED = checkpoint.EXIT_INTERRUPTED
+EXIT_INTERRUPTED = run_record.EXIT_INTERRUPTED
 EXIT_USAGE = 2  # a bad flag, config field or data path: nothing was written or compiled
 EXIT_CONFIG_CHANGED = EXIT_USAGE  # the workdir holds a run with another config, or is in use
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
