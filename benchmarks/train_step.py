@@ -1,8 +1,10 @@
 """Time one training step of a colorizer; print one JSON line.
 
-JAX (default): the project's model (`jaxcolor.models.build_model`, or the ResNet50 colorizers),
-the project's `jaxcolor.step.train_step` with Adam 1e-3 and the reference loss, under `jax.jit`
-with the state donated, on a fixed random batch already on the device. The compiled step is timed
+JAX (default): what `python -m jaxcolor.train` runs, built the same way: the package's config
+(`jaxcolor.configs.default`, with the model, size, batch and dtype of the flags, Adam 1e-3 at a
+constant rate, the reference loss), `jaxcolor.trainer.Trainer` (its compiled jit step over the
+device mesh, state donated) and its initial state, on a fixed random batch already on the
+devices. The compiled step is timed
 after warm-up, `jax.block_until_ready` after every step; the median, 10th and 90th percentile of
 the per-step times are reported, with the compile time, the training FLOPs per example that XLA's
 cost analysis counts, and (autoencoder) a hand count of the conv FLOPs.
@@ -167,53 +169,32 @@ def run_jax(args):
     elif args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
 
-    import functools
-
     import jax
-    import jax.numpy as jnp
-    import ml_collections
     import numpy as np
 
-    from jaxcolor import losses, step
-    from jaxcolor.models import build_model
+    from jaxcolor.configs.default import get_config
+    from jaxcolor.trainer import Trainer, init_key
 
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-    if args.model == "autoencoder":
-        model = build_model(ml_collections.ConfigDict(
-            {"name": "autoencoder", "width": args.width, "ops": args.ops}),
-                            dtype=args.dtype)
-    else:
-        try:  # the registry, once it knows the colorizers
-            model = build_model(ml_collections.ConfigDict({"name": args.model}), dtype=args.dtype)
-        except (ValueError, KeyError, AttributeError):
-            from jaxcolor.models import colorizers
-
-            cls = {"resnet50_seed": colorizers.ResNet50Seed,
-                   "resnet50_unet": colorizers.ResNet50UNet}[args.model]
-            model = cls(dtype=dtype)
-
-    opt = ml_collections.ConfigDict(dict(
-        name="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0, b1=0.9, b2=0.999,
-        weight_decay=0.0, grad_clip=0.0))
-    tx, _ = step.make_optimizer(opt, num_steps=1)
-
-    def init(rng):  # create_state, with train=False spelled out (the colorizers require it)
-        variables = model.init(rng, jnp.zeros((1, args.size, args.size, 1), jnp.float32), train=False)
-        return step.TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                      batch_stats=variables.get("batch_stats", {}), tx=tx)
-
-    state = jax.jit(init)(jax.random.key(0))
+    # What `python -m jaxcolor.train` runs: the package's config, Trainer (model, optimizer,
+    # compiled jit step over the device mesh, donated state) and its initial state.
+    config = get_config()
+    config.model.name, config.model.width, config.model.ops = args.model, args.width, args.ops
+    config.dtype, config.batch_size, config.data.image_size = args.dtype, args.batch, args.size
+    config.optimizer.update(name="adam", learning_rate=1e-3, schedule="constant",
+                            warmup_steps=0, weight_decay=0.0, grad_clip=0.0)
+    trainer = Trainer(config)
+    model = trainer.model
+    state, _ = trainer.init_state(init_key(0))
     rng = np.random.default_rng(0)
-    batch = {
-        "L": jnp.asarray(rng.uniform(0, 1, (args.batch, args.size, args.size, 1)).astype(np.float32)),
-        "ab": jnp.asarray(rng.uniform(-0.5, 0.5, (args.batch, args.size, args.size, 2)).astype(np.float32)),
-    }
+    batch = trainer.put({
+        "L": rng.uniform(0, 1, (args.batch, args.size, args.size, 1)).astype(np.float32),
+        "ab": rng.uniform(-0.5, 0.5, (args.batch, args.size, args.size, 2)).astype(np.float32),
+    })
     key = jax.random.key(1)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     n_stats = sum(x.size for x in jax.tree.leaves(state.batch_stats))
 
-    jitted = jax.jit(functools.partial(step.train_step, loss_fn=losses.reference_loss),
-                     donate_argnums=0)
+    jitted = trainer.train_step
     t0 = time.perf_counter()
     compiled = jitted.lower(state, batch, key).compile()
     compile_s = time.perf_counter() - t0
