@@ -61,9 +61,8 @@ def layer_modules(size: int, width: float, ops: str, dtype):
         if name in ("dec128", "dec64"):  # the conv of upsample2x(x): x at half the resolution
             taps = 9 if upsample_form == "materialize" else 4
             inputs = [((h // 2, w // 2, c_in), True, taps)]
-            module = {"phase": ae.UpsampleConv, "dilated": ae.DilatedUpsampleConv}.get(upsample_form)
-            module = module(c_out, dtype=dtype) if module else nn.Sequential(
-                [ae.upsample2x, nn.Conv(c_out, (3, 3), padding="SAME", dtype=dtype)])
+            module = ae.UpsampleConv(c_out, dtype=dtype) if upsample_form == "phase" else (
+                nn.Sequential([ae.upsample2x, nn.Conv(c_out, (3, 3), padding="SAME", dtype=dtype)]))
         elif name == "skip64":  # the decoder's map and the 1-channel model input
             inputs = [((h, w, c_in - 1), True, 9), ((h, w, 1), False, 9)]
             module = ae.SplitInputConv(c_out, dtype, im2col)

@@ -3,8 +3,8 @@
 Each case is one jitted function on arrays shaped as in the autoencoder at --size and --batch:
 the 3x3 convs at every resolution (forward, input gradient, weight gradient; NHWC/HWIO and
 NCHW/OIHW), BatchNorm in training mode (forward and forward+backward), the three nearest x2
-upsampling formulations, the max-pool formulations, the concatenation and LeakyReLU, each forward
-and forward+backward. "model" marks the formulation jaxcolor.models.autoencoder uses now. The median of --reps timed calls (after one warm-up call) is reported.
+upsampling formulations, the max-pool and output_stride pool formulations, the concatenation and
+LeakyReLU, each forward and forward+backward. "model" marks the formulation jaxcolor.models.autoencoder uses now. The median of --reps timed calls (after one warm-up call) is reported.
 
     python benchmarks/ops.py --batch 8 --only conv
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution python benchmarks/ops.py --only conv
@@ -199,6 +199,15 @@ def main(argv=None):
                         ("model", pool_new)):
             bench(f"pool_fwd/{name}/{h}x{c}", f, x, shape=[B, h, h, c])
             bench(f"pool_fwdbwd/{name}/{h}x{c}", fwd_bwd(f), x, ct, shape=[B, h, h, c])
+
+    # --- output_stride pooling (mean over s x s blocks before a reduced-resolution head) ------
+    from jaxcolor.ab_bins import pool as stride_pool  # the model's (and the loss's) formulation
+
+    for s in (2, 4):
+        x, ct = arr(B, S, S, 32), arr(B, S // s, S // s, 32)
+        for name, f in (("avg_pool", lambda x, s=s: nn.avg_pool(x, (s, s), strides=(s, s))),
+                        ("model", lambda x, s=s: stride_pool(x, s))):
+            bench(f"stride_pool_fwdbwd/{name}/{s}", fwd_bwd(f), x, ct, shape=[B, S, S, 32])
 
     # --- concatenation of the input ------------------------------------------------------------
     x, inp, ct = arr(B, S, S, 64), arr(B, S, S, 1), arr(B, S, S, 65)

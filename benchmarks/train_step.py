@@ -44,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--width", type=float, default=1.0, help="autoencoder width multiplier")
     p.add_argument("--ops", default="auto",
                    help="autoencoder: how upsample-convs, concat and pooling are computed "
-                        "(phase | im2col | dilated | plain | auto; jaxcolor.models.autoencoder.OPS)")
+                        "(phase | im2col | plain | auto; jaxcolor.models.autoencoder.OPS)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")

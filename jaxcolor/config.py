@@ -15,9 +15,6 @@ import numbers
 import os
 
 SOURCES = ("sample", "folder", "shards", "tfds")
-# The side a model needs its input to be a multiple of: the autoencoder pools twice (2x2), the
-# ResNet50 seed model concatenates its 1/4 features back at full size, the U-Net taps 1/16.
-SIZE_MULTIPLE = {"autoencoder": 4, "resnet50_seed": 4, "resnet50_unet": 16}
 
 
 class ConfigError(ValueError):
@@ -64,7 +61,7 @@ def _get(config, field: str):
 def validate(config) -> None:
     """Raises ConfigError naming the first field of `config` the trainer cannot run with."""
     from jaxcolor import losses
-    from jaxcolor.models import DTYPES, MODEL_NAMES
+    from jaxcolor.models import DTYPES, MODEL_NAMES, MODELS
     from jaxcolor.models.autoencoder import OPS
 
     _int(config, "seed", 0)
@@ -118,7 +115,7 @@ def validate(config) -> None:
             raise ConfigError(f"config.loss.rebalance_lambda={config.loss.rebalance_lambda}: "
                               "expected a number in [0, 1]")
         _int(config, "loss.neighbours", 1)
-    multiple = math.lcm(SIZE_MULTIPLE[name], stride)
+    multiple = math.lcm(MODELS[name].size_multiple, stride)  # the side the model's input needs
     if size % multiple:
         why = f"the {name} model" + (f" with loss.output_stride={stride}" if stride > 1 else "")
         raise ConfigError(f"config.data.image_size={size}: {why} needs a multiple of {multiple} "

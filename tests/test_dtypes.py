@@ -12,7 +12,7 @@ import pytest
 
 from conftest import tiny_config
 from jaxcolor import step as step_lib
-from jaxcolor import train
+from jaxcolor import trainer as trainer_lib
 from jaxcolor.models import autoencoder, build_model
 
 MATMULS = ("conv_general_dilated", "dot_general")
@@ -126,9 +126,9 @@ def test_intermediate_activations_are_bfloat16():
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_train_step_from_the_config_runs_in_its_dtype(dtype):
-    """The train step that `train.run` compiles for `config.dtype`, traced on the abstract state."""
+    """The train step that `loop.train_and_evaluate` compiles for `config.dtype`, traced on the abstract state."""
     config = tiny_config(dtype=dtype)
-    trainer = train.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     state = jax.eval_shape(trainer.init_fn, jax.random.key(0))
     size = config.data.image_size
     batch = {"L": jax.ShapeDtypeStruct((2, size, size, 1), jnp.float32),

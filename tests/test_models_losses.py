@@ -35,6 +35,34 @@ def test_autoencoder_rejects_sizes_not_divisible_by_4():
         SkipAutoencoder().init(jax.random.key(0), jnp.zeros((1, 18, 16, 1)))
 
 
+def test_models_by_registry():
+    """`build_model`, `param_labels_fn` and `load_pretrained_weights` go to the model's entry."""
+    import ml_collections
+
+    from conftest import tiny_config
+    from jaxcolor import models
+    from jaxcolor.models import colorizers
+
+    assert models.MODEL_NAMES == ("autoencoder", "resnet50_seed", "resnet50_unet")
+    assert {name: e.size_multiple for name, e in models.MODELS.items()} == {
+        "autoencoder": 4, "resnet50_seed": 4, "resnet50_unet": 16}
+    types = {"autoencoder": SkipAutoencoder, "resnet50_seed": colorizers.ResNet50Seed,
+             "resnet50_unet": colorizers.ResNet50UNet}
+    variables = {"params": {}, "batch_stats": {}}
+    for name in models.MODEL_NAMES:
+        config = tiny_config(**{"model.name": name}).model  # weights and freeze: none
+        model = models.build_model(config, "bfloat16", "batch", output_channels=5, output_stride=2)
+        assert type(model) is types[name]
+        assert (model.dtype, model.bn_axis_name, model.output_channels, model.output_stride) == (
+            jnp.bfloat16, "batch", 5, 2)
+        assert models.param_labels_fn(config) is None
+        assert models.load_pretrained_weights(config, variables) is variables
+    config = tiny_config(**{"model.name": "resnet50_seed", "model.freeze": "stem"}).model
+    assert models.build_model(config).freeze == "stem" and models.param_labels_fn(config)
+    with pytest.raises(ValueError, match="config.model.name='nope'"):
+        models.build_model(ml_collections.ConfigDict({"name": "nope"}))
+
+
 def test_reference_loss_is_two_to_the_mean_abs():
     pred = jnp.zeros((1, 1, 2, 2))
     target = jnp.array([[[[0.5, 0.1], [0.0, -1.0]]]])

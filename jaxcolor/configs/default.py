@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "autoencoder"
     c.model.width = 0.5  # autoencoder: multiplier of every hidden channel count
-    c.model.ops = "auto"  # autoencoder: phase | dilated | plain | auto (the backend's fastest)
+    c.model.ops = "auto"  # autoencoder: phase | im2col | plain | auto (the backend's fastest)
     c.model.weights = "none"  # ResNet50 colorizers: Keras ImageNet .h5, a port dir, or none
     c.model.freeze = "none"  # ResNet50 colorizers: none | stem | encoder | conv1,conv2,...
     c.model.input_mode = "gray_rgb"  # ResNet50 colorizers: gray_rgb | l_repeat (reference)

@@ -24,6 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcolor import ab_bins
+from jaxcolor.models.entry import Entry, all_trainable, no_pretrained_weights
+
 LEAKY_SLOPE = 0.3  # keras.layers.LeakyReLU default
 BN_MOMENTUM = 0.99  # keras.layers.BatchNormalization defaults
 BN_EPSILON = 1e-3
@@ -143,46 +146,17 @@ class UpsampleConv(nn.Module):
         return y.reshape(b, 2 * h, 2 * w, self.features)
 
 
-def _folded_taps(kernel, axis: int):
-    """The 3 taps [k0, k1, k2] along `axis` as the 4 taps [k0, k0 + k1, k1 + k2, k2] that a
-    3x3 conv of a nearest-upsampled map applies to the zero-interleaved (lhs-dilated) map."""
-    k0, k1, k2 = (lax.index_in_dim(kernel, i, axis) for i in range(3))
-    return jnp.concatenate([k0, k0 + k1, k1 + k2, k2], axis=axis)
-
-
-class DilatedUpsampleConv(nn.Module):
-    """`UpsampleConv` as one convolution: the 3x3 conv of the x2 nearest-upsampled map equals a
-    4x4 conv (the 3x3 kernel convolved with the 2x2 box of the upsampling) of x with zeros
-    interleaved (`lhs_dilation=2`, padding 2). That is a transposed convolution, which cuDNN runs
-    as one backward-data kernel touching only the non-zero taps (16 multiply-adds per output pixel
-    and input channel, as `UpsampleConv`), with no interleave of four phase outputs. XLA:CPU, by
-    contrast, computes the dilated conv densely, so the phase form stays the CPU choice
-    (benchmarks/RESULTS.md). Same parameters as `nn.Conv(features, (3, 3))`.
-    """
-
-    features: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        kernel, bias = _conv_params(self, x.shape[-1], self.features)
-        kernel = _folded_taps(_folded_taps(kernel, axis=0), axis=1)  # (4, 4, in, out), float32
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = lax.conv_general_dilated(
-            x, kernel, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        return y + bias
-
-
 # How the three reshaping steps of the autoencoder are computed (same function and parameters):
 # the upsample + conv, the concatenation before skip64, and the 2x2 max-pool.
 OPS = {
-    "phase": ("phase", "split", "elementwise"),  # the fastest on XLA:CPU (RESULTS.md)
+    "phase": ("phase", "split", "elementwise"),  # the fastest on XLA:CPU and an H100 (RESULTS.md)
     "im2col": ("phase", "split_im2col", "elementwise"),  # phase + `im2col_conv` (GPU trial)
-    "dilated": ("dilated", "split", "elementwise"),
     "plain": ("materialize", "concat", "reduce_window"),  # the reference's ops, as written
 }
+# The `ops` that 'auto' picks per backend: the fastest measured there (benchmarks/RESULTS.md:
+# 'phase' on XLA:CPU and on an H100; no TPU measurement).
+AUTO_OPS = {"cpu": "phase", "gpu": "phase"}
+SIZE_MULTIPLE = 4  # two 2x2 poolings
 
 
 class ConvBlock(nn.Module):
@@ -204,8 +178,6 @@ class ConvBlock(nn.Module):
         upsample_form, concat_form, _ = OPS[self.ops]
         if self.upsample and upsample_form == "phase":
             x = UpsampleConv(self.features, dtype=self.dtype, name="conv")(x)
-        elif self.upsample and upsample_form == "dilated":
-            x = DilatedUpsampleConv(self.features, dtype=self.dtype, name="conv")(x)
         elif concat_form == "split_im2col" and (isinstance(x, (tuple, list)) or x.shape[-1] == 1):
             parts = x if isinstance(x, (tuple, list)) else [x]
             x = SplitInputConv(self.features, self.dtype, single_channel_im2col=True,
@@ -310,17 +282,6 @@ def _upsample_bwd(_, g):
 upsample2x.defvjp(_upsample_fwd, _upsample_bwd)
 
 
-def reduce_resolution(x, stride: int):
-    """Mean over stride x stride blocks of (B, H, W, C) (identity for stride 1): the input of a
-    reduced-resolution output layer."""
-    if stride == 1:
-        return x
-    if x.shape[1] % stride or x.shape[2] % stride:
-        raise ValueError(f"output_stride={stride}: the feature map {x.shape[1]}x{x.shape[2]} "
-                         "must be divisible by it")
-    return nn.avg_pool(x, (stride, stride), strides=(stride, stride))
-
-
 class SkipAutoencoder(nn.Module):
     """(B, H, W, 1) L/100 in [0, 1] -> (B, H, W, 2) tanh, the predicted ab/128.
 
@@ -341,8 +302,9 @@ class SkipAutoencoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if x.shape[1] % 4 or x.shape[2] % 4:
-            raise ValueError(f"SkipAutoencoder needs H and W divisible by 4, got {x.shape[1:3]}")
+        if x.shape[1] % SIZE_MULTIPLE or x.shape[2] % SIZE_MULTIPLE:
+            raise ValueError(f"SkipAutoencoder needs H and W divisible by {SIZE_MULTIPLE}, "
+                             f"got {x.shape[1:3]}")
         if self.ops not in OPS:
             raise ValueError(f"config.model.ops={self.ops!r}: expected one of {list(OPS)}")
         block = lambda c, bn=True, name=None, up=False: ConvBlock(  # noqa: E731
@@ -362,7 +324,29 @@ class SkipAutoencoder(nn.Module):
         x = block(64, name="dec64", up=True)(x, train)
         x = block(64, name="skip64")((x, inputs), train)  # = conv of concatenate([x, inputs])
         x = block(32, name="skip32")(x, train)
-        x = reduce_resolution(x, self.output_stride)
+        x = ab_bins.pool(x, self.output_stride)  # the loss's reduced-resolution grid
         x = nn.Conv(self.output_channels, (3, 3), padding="SAME", dtype=self.dtype, name="out")(x)
         x = x.astype(jnp.float32)
         return jnp.tanh(x) if self.output_channels == 2 else x
+
+
+def resolve_ops(name: str) -> str:
+    """`config.model.ops`, with 'auto' resolved for the backend JAX runs on."""
+    if name != "auto":
+        return name
+    return AUTO_OPS.get(jax.default_backend(), "phase")
+
+
+def build(model_config, dtype, bn_axis_name=None, output_channels=2, output_stride=1):
+    return SkipAutoencoder(
+        width=model_config.width,
+        dtype=dtype,
+        bn_axis_name=bn_axis_name,
+        output_channels=output_channels,
+        ops=resolve_ops(model_config.get("ops", "auto")),
+        output_stride=output_stride,
+    )
+
+
+ENTRY = Entry(build=build, load=no_pretrained_weights, param_labels=all_trainable,
+              size_multiple=SIZE_MULTIPLE)

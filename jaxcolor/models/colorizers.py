@@ -17,16 +17,22 @@ so those neither drift nor see batch statistics the pretrained filters were not 
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcolor import ab_bins
 from jaxcolor.color import gray_rgb_from_l
-from jaxcolor.models.autoencoder import ConvBlock, reduce_resolution, upsample2x
+from jaxcolor.models.autoencoder import ConvBlock, upsample2x
+from jaxcolor.models.entry import Entry
 from jaxcolor.models.keras_weights import load_pretrained
 from jaxcolor.models.resnet import STAGE_NAMES, ResNet50, preprocess_caffe, stage_of
+
+log = logging.getLogger(__name__)
 
 ENCODER = "encoder"  # submodule name of the ResNet50 inside both colorizers
 INPUT_MODES = ("gray_rgb", "l_repeat")
@@ -108,7 +114,7 @@ class _ResNetColorizer(nn.Module):
         return ConvBlock(features, True, self.dtype, self.bn_axis_name, name=name)
 
     def _head(self, x):
-        x = reduce_resolution(x, self.output_stride)
+        x = ab_bins.pool(x, self.output_stride)  # the loss's reduced-resolution grid
         x = nn.Conv(self.output_channels, (3, 3), padding="SAME", dtype=self.dtype,
                     name="output_conv")(x).astype(jnp.float32)
         return jnp.tanh(x) if self.output_channels == 2 else x
@@ -198,3 +204,41 @@ def load_encoder_weights(variables, path):
         tree[ENCODER] = _take_encoder_part(tree[ENCODER], pretrained[collection], collection)
         out[collection] = tree
     return out
+
+
+# --- the registry entries (jaxcolor.models.MODELS) --------------------------------------------
+
+
+def build(cls, model_config, dtype, bn_axis_name=None, output_channels=2, output_stride=1):
+    return cls(
+        dtype=dtype,
+        bn_axis_name=bn_axis_name,
+        freeze=model_config.get("freeze", "none"),
+        input_mode=model_config.get("input_mode", "gray_rgb"),
+        output_channels=output_channels,
+        output_stride=output_stride,
+    )
+
+
+def load(model_config, variables):
+    """`variables` with the encoder from `model_config.weights` ('none': left random)."""
+    weights = str(model_config.get("weights", "none") or "none")
+    if weights.lower() == "none":
+        log.warning("config.model.weights=none: the %s encoder starts from random weights, not "
+                    "ImageNet", model_config.name)
+        return variables
+    return load_encoder_weights(variables, weights)
+
+
+def labels_fn(model_config):
+    """`param_labels` for `model_config.freeze`, or None if nothing is frozen."""
+    freeze = model_config.get("freeze", "none")
+    if freeze in ("", "none"):
+        return None
+    parse_freeze(freeze)  # fail early on a bad spec
+    return lambda params: param_labels(params, freeze)
+
+
+# The seed model concatenates its 1/4-resolution features back at full size; the U-Net taps 1/16.
+SEED = Entry(functools.partial(build, ResNet50Seed), load, labels_fn, size_multiple=4)
+UNET = Entry(functools.partial(build, ResNet50UNet), load, labels_fn, size_multiple=16)

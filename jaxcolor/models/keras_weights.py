@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,6 +80,8 @@ def read_keras_h5(path) -> dict[str, dict[str, np.ndarray]]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise _missing_file_error(path)
+    import h5py  # here, not at import: training an autoencoder needs no h5py
+
     layers = {}
     with h5py.File(path, "r") as f:
         root = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
