@@ -6,12 +6,7 @@ ab-prior` has not done it), decoded by the annealed mean at T = 0.38, predicted 
 input; the Q-channel output layer at full resolution made a CPU step 4x slower) and upsampled. See experiments/RESULTS.md,
 "Vivid colors", for what it changes against the reference loss and L1."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-
-from celeba10k import get_config as _celeba10k
+from jaxcolor.configs.reference import get_celeba10k_config as _celeba10k
 
 
 def get_config():
