@@ -6,8 +6,9 @@ loop recorded in the `loop` item of its latest checkpoint), else the latest, unl
 asked for. A training workdir holds `config.json` and `checkpoints/<step>/{state,data,loop}`
 (see `jaxcolor.train`).
 
-`Colorizer` is the small, self-contained inference object the commands and the Python API
-(`jaxcolor.colorize_array`) take.
+A restored run is one object, `Colorizer` (model, variables, decode, image size, and the
+run's config, step and why that step): `evaluate` places its variables on every device of the
+mesh, `colorize` and the Python API (`jaxcolor.colorize_array`) on one device.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -127,8 +128,7 @@ def _manager(workdir: str) -> ocp.CheckpointManager:
         raise RunError(f"{directory}: no checkpoints directory; has the run in {workdir!r} "
                        "saved a checkpoint yet?")
     options = ocp.CheckpointManagerOptions(create=False)  # only reads: nothing is saved
-    manager = ocp.CheckpointManager(directory, item_names=("state", "data", "loop"),
-                                    options=options)
+    manager = ocp.CheckpointManager(directory, item_names=checkpoint.ITEMS, options=options)
     if not manager.all_steps():
         raise RunError(f"{directory}: no complete checkpoint (expected step folders such as "
                        "'100/' holding state/, data/ and loop/)")
@@ -258,22 +258,44 @@ def _check_stored_shapes(workdir: str, state_dir, expected: dict) -> None:
                        + "; ".join(problems[:4]) + (" ..." if len(problems) > 4 else ""))
 
 
-class Run(NamedTuple):
-    """A restored run: workdir, config (overrides applied), checkpoint step, the Flax module,
-    its variables ({'params', 'batch_stats'}) and `decode`, model output -> ab/128 (the identity
-    for regression models, the annealed mean for classification models)."""
+class Colorizer:
+    """A trained model ready for inference, and where it came from: what `evaluate`,
+    `colorize`, `plot` and the Python API (`jaxcolor.colorize_array`) all take.
 
-    workdir: str
-    config: ml_collections.ConfigDict
-    step: int
-    model: Any
-    variables: dict
-    decode: Callable = jnp.asarray  # replaced by load_run; see losses.make_decode
-    step_reason: str = ""  # why this step: asked for, the best by validation loss, the latest
+    model, variables: the Flax module (taking (B, S, S, 1) L/100 and `train=False`) and its
+        {'params', 'batch_stats'}; decode: the module's output -> ab/128 (the identity for
+        regression models, the annealed mean for classification ones, `losses.make_decode`).
+    image_size: S, the square side the model was trained at; inputs are resized to it.
+    config, workdir, step, step_reason: the run, its checkpoint step and why that step (None and
+        "" for a model built in Python).
+
+    `load_run(workdir)` / `load_colorizer(workdir)` make one from a run;
+    `Colorizer.from_module(module, variables, S)` from any such Flax module.
+    """
+
+    def __init__(self, model, variables, image_size: int, decode: Callable | None = None,
+                 config: ml_collections.ConfigDict | None = None, workdir: str | None = None,
+                 step: int | None = None, step_reason: str = ""):
+        self.model, self.variables, self.image_size = model, variables, int(image_size)
+        self.decode = decode or (lambda out: jnp.asarray(out, jnp.float32))
+        self.config, self.workdir, self.step, self.step_reason = config, workdir, step, step_reason
+        self.predict = jax.jit(self.apply)  # (variables, L/100) -> ab/128, compiled per shape
+
+    @classmethod
+    def from_module(cls, module, variables, image_size: int, decode: Callable | None = None,
+                    **info) -> "Colorizer":
+        return cls(module, variables, image_size, decode, **info)
 
     def apply(self, variables, l_input):
         """Inference-mode forward pass: (B, S, S, 1) L/100 -> (B, S, S, 2) ab/128 float32."""
         return self.decode(self.model.apply(variables, l_input, train=False))
+
+    def predict_ab(self, l_input: np.ndarray) -> np.ndarray:
+        """(B, S, S, 1) L/100 -> (B, S, S, 2) ab/128 as NumPy."""
+        return np.asarray(self.predict(self.variables, l_input))
+
+
+Run = Colorizer  # what `load_run` returns: the same object, placed for evaluation
 
 
 def _with_temperature(config, temperature: float | None):
@@ -289,7 +311,7 @@ def _with_temperature(config, temperature: float | None):
 
 
 def load_run(workdir: str, step: int | None = None, overrides=(), sharding=None,
-             temperature: float | None = None) -> Run:
+             temperature: float | None = None) -> Colorizer:
     """Config + the best (or given) checkpoint's variables, ready for evaluation. `temperature`
     overrides the run's `loss.temperature` (classification runs only; ignored otherwise)."""
     config = _with_temperature(apply_overrides(read_config(workdir), overrides), temperature)
@@ -308,58 +330,16 @@ def load_run(workdir: str, step: int | None = None, overrides=(), sharding=None,
             why = (f"{why}: step(s) {', '.join(map(str, damaged))} damaged (checksum mismatch "
                    "or unreadable)")
         model = build_model(config.model, config.dtype, **losses.head(config.loss))
-        return Run(workdir, config, chosen, model, variables, losses.make_decode(config.loss),
-                   why)
+        return Colorizer(model, variables, config.data.image_size,
+                         losses.make_decode(config.loss), config=config, workdir=workdir,
+                         step=chosen, step_reason=why)
     raise RunError(f"{workdir}: every checkpoint is damaged (steps {damaged})")
-
-
-# ---------------------------------------------------------------------------------------------
-# Inference object
-
-
-class Colorizer(NamedTuple):
-    """What inference needs, and nothing of training.
-
-    predict: jit-compiled `(variables, l) -> ab`, with `l` (B, S, S, 1) = L / 100 in [0, 1] and
-        the result (B, S, S, 2) = predicted ab / 128, float32.
-    variables: the Flax variables, {'params': ..., 'batch_stats': ...}.
-    image_size: S, the square side the model was trained at; inputs are resized to it.
-    step, workdir: where the weights came from (None for a model built in Python).
-
-    Make one from a run with `load_colorizer(workdir)`, or from any Flax module taking
-    (B, S, S, 1) L/100 and `train=False` with `Colorizer.from_module(module, variables, S)`.
-    """
-
-    predict: Callable
-    variables: Any
-    image_size: int
-    step: int | None = None
-    workdir: str | None = None
-    step_reason: str = ""
-
-    @classmethod
-    def from_module(cls, module, variables, image_size: int, decode: Callable | None = None,
-                    **info) -> "Colorizer":
-        """`decode`: the module's output -> ab/128 (default: the output is ab/128 already;
-        `losses.make_decode(config.loss)` for a classification model)."""
-        decode = decode or (lambda out: out.astype(jnp.float32))
-
-        def predict(variables, l_input):
-            return decode(module.apply(variables, l_input, train=False))
-
-        return cls(jax.jit(predict), variables, int(image_size), **info)
-
-    def predict_ab(self, l_input: np.ndarray) -> np.ndarray:
-        """(B, S, S, 1) L/100 -> (B, S, S, 2) ab/128 as NumPy."""
-        return np.asarray(self.predict(self.variables, l_input))
 
 
 def load_colorizer(workdir: str, step: int | None = None,
                    temperature: float | None = None) -> Colorizer:
-    """The best (or given) checkpoint of a run as a Colorizer on this host's first device;
-    `temperature` overrides a classification run's annealed-mean T."""
+    """The best (or given) checkpoint of a run on this host's first device (`load_run` places it
+    on every device of the mesh, for evaluation); `temperature` overrides a classification run's
+    annealed-mean T."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    run = load_run(workdir, step, sharding=device, temperature=temperature)
-    return Colorizer.from_module(run.model, run.variables, run.config.data.image_size,
-                                 decode=run.decode, step=run.step, workdir=workdir,
-                                 step_reason=run.step_reason)
+    return load_run(workdir, step, sharding=device, temperature=temperature)
