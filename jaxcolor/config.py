@@ -1,4 +1,5 @@
-"""Checking a training config before anything runs.
+"""Configs: checking one before anything runs, overriding fields from the command line, and
+reading a saved one with the defaults of fields added since (`jaxcolor.runs.read_config`).
 
 A bad value found after XLA compiled the step (minutes on a large model) or after the workdir
 was written (a `config.json` holding `batch_size=-8` makes the corrected rerun look like a config
@@ -13,6 +14,9 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from typing import Any, Mapping, Sequence
+
+import ml_collections
 
 SOURCES = ("sample", "folder", "shards", "tfds")
 
@@ -130,3 +134,64 @@ def validate(config) -> None:
     _float(config, "optimizer.b2", below=1.0)
     _float(config, "optimizer.weight_decay")
     _float(config, "optimizer.grad_clip")
+
+
+def with_defaults(defaults: dict, saved: dict) -> dict:
+    """A saved config (a run's config.json) with the defaults filling the fields it lacks (added
+    to the code after the run was saved), section by section."""
+    out = dict(defaults)
+    for key, value in saved.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = with_defaults(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str] | Mapping[str, Any],
+                    allowed: Sequence[str] = ("data",)) -> ml_collections.ConfigDict:
+    """A copy of `config` with `KEY=VALUE` strings (or a {key: value} mapping) applied.
+
+    Only keys under the `allowed` sections may change: the model and optimizer fields describe
+    the checkpoint and must stay as trained. String values are converted to the type of the field
+    they replace (int, float, bool or str).
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    items = overrides.items() if isinstance(overrides, Mapping) else map(_split_override, overrides)
+    for key, value in items:
+        section = key.split(".", 1)[0]
+        if section not in allowed:
+            raise ValueError(f"--{key}: only {', '.join(f'--{a}.*' for a in allowed)} can be "
+                             "overridden (the rest describes the trained checkpoint)")
+        *path, leaf = key.split(".")
+        target = config
+        for part in path:
+            if part not in target or not isinstance(target[part], ml_collections.ConfigDict):
+                raise ValueError(f"--{key}: {part!r} is not a config section")
+            target = target[part]
+        if leaf not in target:
+            raise ValueError(f"--{key}: unknown field; {'.'.join(path)} has {sorted(target.keys())}")
+        target[leaf] = _convert(key, value, target[leaf])
+    return config
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.removeprefix("--").partition("=")
+    if not sep or not key:
+        raise ValueError(f"{text!r}: expected --section.field=value, e.g. --data.path=DIR")
+    return key, value
+
+
+def _convert(key: str, value: Any, current: Any) -> Any:
+    if not isinstance(value, str) or isinstance(current, str) or current is None:
+        return value
+    try:
+        if isinstance(current, bool):
+            if value.lower() in ("true", "1", "yes"):
+                return True
+            if value.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(value)
+        return type(current)(value)
+    except ValueError:
+        raise ValueError(f"--{key}={value}: expected a {type(current).__name__}") from None

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxcolor import checkpoint, losses, parallel
+from jaxcolor import config as config_lib
+from jaxcolor.config import apply_overrides  # noqa: F401 - runs.apply_overrides, as before
 from jaxcolor.configs.default import get_config as default_config
 from jaxcolor.models import build_model
 
@@ -56,66 +58,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
             saved = json.load(f)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    return ml_collections.ConfigDict(_merge(default_config().to_dict(), saved))
-
-
-def _merge(defaults: dict, saved: dict) -> dict:
-    out = dict(defaults)
-    for key, value in saved.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str] | Mapping[str, Any],
-                    allowed: Sequence[str] = ("data",)) -> ml_collections.ConfigDict:
-    """A copy of `config` with `KEY=VALUE` strings (or a {key: value} mapping) applied.
-
-    Only keys under the `allowed` sections may change: the model and optimizer fields describe
-    the checkpoint and must stay as trained. String values are converted to the type of the field
-    they replace (int, float, bool or str).
-    """
-    config = ml_collections.ConfigDict(config.to_dict())
-    items = overrides.items() if isinstance(overrides, Mapping) else map(_split_override, overrides)
-    for key, value in items:
-        section = key.split(".", 1)[0]
-        if section not in allowed:
-            raise ValueError(f"--{key}: only {', '.join(f'--{a}.*' for a in allowed)} can be "
-                             "overridden (the rest describes the trained checkpoint)")
-        *path, leaf = key.split(".")
-        target = config
-        for part in path:
-            if part not in target or not isinstance(target[part], ml_collections.ConfigDict):
-                raise ValueError(f"--{key}: {part!r} is not a config section")
-            target = target[part]
-        if leaf not in target:
-            raise ValueError(f"--{key}: unknown field; {'.'.join(path)} has {sorted(target.keys())}")
-        target[leaf] = _convert(key, value, target[leaf])
-    return config
-
-
-def _split_override(text: str) -> tuple[str, str]:
-    key, sep, value = text.removeprefix("--").partition("=")
-    if not sep or not key:
-        raise ValueError(f"{text!r}: expected --section.field=value, e.g. --data.path=DIR")
-    return key, value
-
-
-def _convert(key: str, value: Any, current: Any) -> Any:
-    if not isinstance(value, str) or isinstance(current, str) or current is None:
-        return value
-    try:
-        if isinstance(current, bool):
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no"):
-                return False
-            raise ValueError(value)
-        return type(current)(value)
-    except ValueError:
-        raise ValueError(f"--{key}={value}: expected a {type(current).__name__}") from None
+    return ml_collections.ConfigDict(config_lib.with_defaults(default_config().to_dict(), saved))
 
 
 # ---------------------------------------------------------------------------------------------
