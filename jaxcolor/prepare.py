@@ -331,7 +331,11 @@ def main(argv=None) -> int:
         print(__doc__, file=sys.stderr)
         print(f"expected a subcommand: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    return COMMANDS[argv[0]](argv[1:]) or 0
+    try:
+        return COMMANDS[argv[0]](argv[1:]) or 0
+    except (FileNotFoundError, ValueError) as exc:  # a source or option that is not what it says
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -238,9 +238,6 @@ class Colorizer:
         return np.asarray(self.predict(self.variables, l_input))
 
 
-Run = Colorizer  # what `load_run` returns: the same object, placed for evaluation
-
-
 def _with_temperature(config, temperature: float | None):
     """`config` with `loss.temperature` replaced (the annealed-mean T of classification runs)."""
     if temperature is None:

@@ -70,6 +70,13 @@ def picture(path, width, height, seed=0, mode="RGB"):
     return str(path)
 
 
+def picture_folder(folder, sizes: dict) -> None:
+    """One picture per {name: (width, height)} in a new `folder`."""
+    folder.mkdir()
+    for i, (name, (w, h)) in enumerate(sizes.items()):
+        picture(folder / name, w, h, seed=i)
+
+
 def run(*argv):
     return colorize.main([str(a) for a in argv] + ["--workdir", "unused-run"])
 
@@ -126,11 +133,8 @@ def test_overwrite_replaces_outputs_but_never_an_input(tmp_path, loader, capsys)
 
 
 def test_compare_outputs_and_main_outputs_never_share_a_name(tmp_path, loader):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    sizes = {"x.jpg": (30, 20), "x_compare.jpg": (25, 15), "a.jpg": (20, 10), "a.png": (10, 20)}
-    for i, (name, (w, h)) in enumerate(sizes.items()):
-        picture(folder / name, w, h, seed=i)
+    folder, sizes = tmp_path / "in", {"x.jpg": (30, 20), "x_compare.jpg": (25, 15), "a.jpg": (20, 10), "a.png": (10, 20)}
+    picture_folder(folder, sizes)
     out = tmp_path / "out"
     assert run(folder, "-o", out, "--compare") == 0
     assert files_in(out) == sorted([
@@ -195,11 +199,8 @@ def test_an_existing_file_as_output_folder_is_a_usage_error_before_the_model_loa
 
 
 def test_compare_on_one_pixel_wide_tall_and_single_pixel_pictures(tmp_path, loader, model):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    sizes = {"row.png": (7, 1), "column.png": (1, 7), "dot.png": (1, 1), "normal.png": (9, 6)}
-    for i, (name, (w, h)) in enumerate(sizes.items()):
-        picture(folder / name, w, h, seed=i)
+    folder, sizes = tmp_path / "in", {"row.png": (7, 1), "column.png": (1, 7), "dot.png": (1, 1), "normal.png": (9, 6)}
+    picture_folder(folder, sizes)
     out = tmp_path / "out"
     assert run(folder, "-o", out, "--compare") == 0
     for name, (w, h) in sizes.items():

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny_config, write_images
 
-from jaxcolor import checkpoint, evaluate, loop, run_record, runs, train
+from jaxcolor import checkpoint, evaluate, loop, run_record, runs
 from jaxcolor import config as config_lib
 from jaxcolor.data import pipeline
 
@@ -50,6 +50,19 @@ def state_data_files(workdir: str, step: int) -> list[str]:
     return [f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f)]
 
 
+def folder_config(images: str, **overrides):
+    """tiny_config on a folder of images: train = the first half, validation = the second."""
+    return tiny_config(**{"data.source": "folder", "data.path": images,
+                          "data.train_split": "[:50%]", "data.val_split": "[50%:]", **overrides})
+
+
+def assert_same_state(workdir_a: str, workdir_b: str, step: int) -> None:
+    a = checkpoint.read_state_arrays(os.path.join(workdir_a, "checkpoints", str(step), "state"))
+    b = checkpoint.read_state_arrays(os.path.join(workdir_b, "checkpoints", str(step), "state"))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
     """A 6-step run on a folder of 12 images (train = first half, validation = second half),
@@ -57,8 +70,7 @@ def folder_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("folder_run")
     images = str(root / "images")
     write_images(images, 12, size=(24, 20))
-    c = tiny_config(**{"data.source": "folder", "data.path": images,
-                       "data.train_split": "[:50%]", "data.val_split": "[50%:]"})
+    c = folder_config(images)
     workdir = str(root / "run")
     loop.train_and_evaluate(c, workdir)
     return workdir, images
@@ -113,8 +125,7 @@ def test_training_on_an_unreadable_validation_split_fails_before_recording_a_bes
     write_images(images, 12, size=(24, 20))
     for path in sorted(glob.glob(os.path.join(images, "*")))[6:]:
         open(path, "wb").close()  # the validation half: zero-byte files
-    c = tiny_config(**{"data.source": "folder", "data.path": images,
-                       "data.train_split": "[:50%]", "data.val_split": "[50%:]"})
+    c = folder_config(images)
     with pytest.raises(pipeline.NothingEvaluatedError, match="none of its 6 images"):
         loop.train_and_evaluate(c, str(tmp_path / "run"))
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
@@ -169,15 +180,11 @@ def test_a_damaged_checkpoint_is_set_aside_on_resume_and_skipped_by_evaluate(fol
     with pytest.raises(runs.RunError, match="6: (checksum mismatch in params|unreadable)"):
         runs.load_run(damaged, step=6)
     # resume: 6 is moved aside, training redoes 3 -> 6 and ends where the intact run ended
-    c = tiny_config(**{"data.source": "folder", "data.path": images,
-                       "data.train_split": "[:50%]", "data.val_split": "[50%:]"})
+    c = folder_config(images)
     loop.train_and_evaluate(c, damaged)
     aside = os.listdir(os.path.join(damaged, "checkpoints_incomplete"))
     assert len(aside) == 1 and aside[0].startswith("6-")
-    a = checkpoint.read_state_arrays(os.path.join(workdir, "checkpoints", "6", "state"))
-    b = checkpoint.read_state_arrays(os.path.join(damaged, "checkpoints", "6", "state"))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_same_state(workdir, damaged, 6)
 
 
 def test_values_that_differ_from_their_checksums_are_never_used(folder_run, tmp_path):
@@ -196,15 +203,11 @@ def test_values_that_differ_from_their_checksums_are_never_used(folder_run, tmp_
     assert run.step == 3 and "step(s) 6 damaged" in run.step_reason
     with pytest.raises(runs.RunError, match="6: checksum mismatch in params"):
         runs.load_run(changed, step=6)
-    c = tiny_config(**{"data.source": "folder", "data.path": images,
-                       "data.train_split": "[:50%]", "data.val_split": "[50%:]"})
+    c = folder_config(images)
     loop.train_and_evaluate(c, changed)  # 6 set aside; 3 -> 6 trained again
     assert [d.split("-")[0] for d in os.listdir(os.path.join(changed, "checkpoints_incomplete"))
             ] == ["6"]
-    a = checkpoint.read_state_arrays(os.path.join(workdir, "checkpoints", "6", "state"))
-    b = checkpoint.read_state_arrays(os.path.join(changed, "checkpoints", "6", "state"))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_same_state(workdir, changed, 6)
 
 
 def test_checksums_cover_every_part_of_the_state(folder_run):
@@ -426,3 +429,15 @@ def test_launch_sh_quotes_every_argument(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "my\\ dir/\\$\\(touch\\ pwned\\)" in done.stdout
     assert not os.path.exists(os.path.join(ROOT, "pwned"))
+
+
+def test_prepare_on_an_empty_folder_is_one_line_exit_2(tmp_path, capsys):
+    from jaxcolor import prepare
+
+    (tmp_path / "empty").mkdir()
+    assert prepare.main(["shards", "--source", f"folder:{tmp_path / 'empty'}", "--out",
+                         str(tmp_path / "out"), "--crop", "0", "--size", "16", "--workers", "0",
+                         "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: config.data.path=") and "no images" in err[0]
+    assert not (tmp_path / "out" / "manifest.json").exists()
