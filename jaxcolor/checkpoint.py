@@ -39,7 +39,7 @@ log = logging.getLogger("jaxcolor")
 ITEMS = ("state", "data", "loop")
 STEP_METADATA = "_CHECKPOINT_METADATA"  # written by orbax into every finalized step directory
 CHECKSUMS = "checksums"  # key of the loop record holding the digests of the saved values
-STATE_PARTS = ("step", "params", "batch_stats", "opt_state")
+STATE_PARTS = ("step", "params", "batch_stats", "opt_state", "companions")
 
 
 class DamagedCheckpointError(ValueError):
@@ -187,7 +187,8 @@ def digest(tree) -> str:
 
 def checksums(state, data_state) -> dict[str, str]:
     """The digests a checkpoint carries: one per part of the train state, one of the iterator."""
-    out = {part: digest(getattr(state, part)) for part in STATE_PARTS if hasattr(state, part)}
+    out = {part: digest(getattr(state, part)) for part in STATE_PARTS
+           if getattr(state, part, None) is not None}
     out["data"] = hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).hexdigest()
     return out
 

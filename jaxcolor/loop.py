@@ -232,7 +232,8 @@ def _train(config, workdir, should_stop, trainer, logbook, record, manager, stat
                         bad, loop.skipped_updates)
             host = [m for m in host if bool(m["finite"])] or host
         now = time.perf_counter()
-        row = {k: float(np.mean([m[k] for m in host])) for k in ("loss", "ab_mae", "grad_norm")}
+        # loss, ab_mae, grad_norm, and each companion's <name>_loss / <name>_term
+        row = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
         row["learning_rate"] = float(trainer.schedule(step))
         row["examples_per_s"] = (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
         row["skipped_files"] = loop.skipped_files

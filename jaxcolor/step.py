@@ -9,7 +9,7 @@ and under `jax.pmap` (pass `axis_name`: gradients, metrics and - through the mod
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +20,13 @@ from jaxcolor import color, metrics
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState plus BatchNorm running statistics."""
+    """Flax's TrainState plus BatchNorm running statistics and, by name, the states of the
+    companion networks trained alongside (`jaxcolor.companions`; each one a TrainState itself,
+    with its own parameters, statistics and optimizer). None when there are none, so a state
+    without companions has the tree, and the checkpoint, it had before companions existed."""
 
     batch_stats: Any = None
+    companions: Any = None
 
 
 def make_optimizer(opt_config, num_steps: int) -> tuple[optax.GradientTransformation, Callable]:
@@ -57,14 +61,23 @@ def make_optimizer(opt_config, num_steps: int) -> tuple[optax.GradientTransforma
     return tx, schedule
 
 
-def create_state(model, tx, rng, image_size: int) -> TrainState:
-    """Fresh state; meant to be traced under `jax.eval_shape` and `jax.jit`."""
+def create_state(model, tx, rng, image_size: int, companions: Mapping = {}) -> TrainState:
+    """Fresh state; meant to be traced under `jax.eval_shape` and `jax.jit`. The colorizer is
+    initialised from `rng` itself (as before companions existed); companion i (by sorted name)
+    from `fold_in(rng, i + 1)`."""
     variables = model.init(rng, jnp.zeros((1, image_size, image_size, 1), jnp.float32), train=False)
+    states = {}
+    for i, name in enumerate(sorted(companions)):
+        c = companions[name]
+        v = c.model.init(jax.random.fold_in(rng, i + 1), c.example_input(image_size), train=False)
+        states[name] = TrainState.create(apply_fn=c.model.apply, params=v["params"],
+                                         batch_stats=v.get("batch_stats", {}), tx=c.tx)
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
         tx=tx,
+        companions=states or None,
     )
 
 
@@ -77,7 +90,8 @@ def _identity(pred):
 
 
 def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None = None,
-               decode: Callable = _identity, skip_nonfinite: bool = False):
+               decode: Callable = _identity, skip_nonfinite: bool = False,
+               companions: Mapping = {}):
     """One optimizer step on `batch` = {'L': (B,H,W,1), 'ab': (B,H,W,2)}.
 
     Returns the new state and float32 scalar metrics. A non-finite loss or gradient is reported
@@ -87,6 +101,11 @@ def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None 
     without it the step is exactly the plain update. `decode` turns the model's output into
     ab/128 for the ab metrics (the annealed mean of a classification model's logits,
     `losses.make_decode`); the loss sees the raw output.
+
+    `companions` (name -> `jaxcolor.companions.Companion`, states in `state.companions`): each
+    one's `colorizer_loss`, if any, joins the colorizer's loss (`metrics['<name>_term']`), and
+    each is updated by its own optimizer on this step's prediction, as made before the colorizer's
+    update (the simultaneous update of GAN training): `metrics['<name>_loss']`.
     """
     del rng  # the models are deterministic; kept so stochastic models need no new signature
 
@@ -97,24 +116,61 @@ def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None 
             train=True,
             mutable=["batch_stats"],
         )
-        return loss_fn(pred, batch["ab"]), (pred, updates["batch_stats"])
+        loss = loss_fn(pred, batch["ab"])
+        terms = {}
+        for name, c in companions.items():
+            if c.colorizer_loss is not None:
+                out, _ = _apply_companion(state.companions[name], c, batch, decode(pred))
+                terms[name] = c.colorizer_loss(out, batch)
+        total = loss + sum(terms.values()) if terms else loss
+        return total, (pred, updates["batch_stats"], terms)
 
-    (loss, (pred, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    (loss, (pred, batch_stats, terms)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        state.params)
     grads = _mean(grads, axis_name)
     loss = _mean(loss, axis_name)
     ab_mae = _mean(jnp.abs(decode(pred) - batch["ab"]).mean(), axis_name)
     grad_norm = optax.global_norm(grads)
-    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    metrics = {
-        "loss": loss,
-        "ab_mae": ab_mae * color.AB_SCALE,
-        "grad_norm": grad_norm,
-        "finite": finite,
-    }
+    metrics = {"loss": loss, "ab_mae": ab_mae * color.AB_SCALE, "grad_norm": grad_norm}
+    for name, term in terms.items():
+        metrics[f"{name}_term"] = _mean(term, axis_name)
+    companion_states = {}
+    ab_seen = jax.lax.stop_gradient(decode(pred))
+    for name, c in companions.items():
+        companion_states[name], c_loss, c_norm = _companion_update(
+            state.companions[name], c, batch, ab_seen, axis_name)
+        metrics[f"{name}_loss"] = c_loss
+        finite = finite & jnp.isfinite(c_loss) & jnp.isfinite(c_norm)
+    metrics["finite"] = finite
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if companions:
+        new_state = new_state.replace(companions=companion_states)
     if skip_nonfinite:
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     return new_state, metrics
+
+
+def _apply_companion(c_state, companion, batch, ab_pred, params=None):
+    """The companion on this batch in training mode: (outputs, updated batch statistics)."""
+    out, updates = c_state.apply_fn(
+        {"params": c_state.params if params is None else params,
+         "batch_stats": c_state.batch_stats},
+        companion.inputs(batch, ab_pred), train=True, mutable=["batch_stats"])
+    return out, updates.get("batch_stats", c_state.batch_stats)
+
+
+def _companion_update(c_state, companion, batch, ab_pred, axis_name):
+    """One step of a companion's own optimizer: (new state, loss, gradient norm)."""
+
+    def loss_of(params):
+        out, batch_stats = _apply_companion(c_state, companion, batch, ab_pred, params)
+        return companion.loss(out, batch), batch_stats
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(c_state.params)
+    grads = _mean(grads, axis_name)
+    new = c_state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    return new, _mean(loss, axis_name), optax.global_norm(grads)
 
 
 def eval_step(state: TrainState, batch, *, loss_fn, axis_name: str | None = None,
@@ -180,12 +236,14 @@ def with_prepare(step: Callable, prepare: Callable | None) -> Callable:
 
 
 def compile_jit(loss_fn, state_sharding, data_sharding, decode: Callable = _identity,
-                skip_nonfinite: bool = False, prepare: Callable | None = None):
+                skip_nonfinite: bool = False, prepare: Callable | None = None,
+                companions: Mapping = {}):
     """The jit path: state replicated, batch split on the mesh's data axis, state donated.
     `prepare` (see `with_prepare`) runs on the sharded batch inside the compiled train step."""
     train = jax.jit(
         with_prepare(functools.partial(train_step, loss_fn=loss_fn, decode=decode,
-                                       skip_nonfinite=skip_nonfinite), prepare),
+                                       skip_nonfinite=skip_nonfinite, companions=companions),
+                     prepare),
         in_shardings=(state_sharding, data_sharding, state_sharding),
         out_shardings=(state_sharding, state_sharding),
         donate_argnums=0,
@@ -199,12 +257,14 @@ def compile_jit(loss_fn, state_sharding, data_sharding, decode: Callable = _iden
 
 
 def compile_pmap(loss_fn, axis_name: str, decode: Callable = _identity,
-                 skip_nonfinite: bool = False, prepare: Callable | None = None):
+                 skip_nonfinite: bool = False, prepare: Callable | None = None,
+                 companions: Mapping = {}):
     """The pmap path: the same step per device with pmean/psum over `axis_name`; `prepare`
     runs on each device's rows inside it."""
     train = jax.pmap(
         with_prepare(functools.partial(train_step, loss_fn=loss_fn, axis_name=axis_name,
-                                       decode=decode, skip_nonfinite=skip_nonfinite), prepare),
+                                       decode=decode, skip_nonfinite=skip_nonfinite,
+                                       companions=companions), prepare),
         axis_name=axis_name,
         in_axes=(0, 0, None),
         donate_argnums=0,

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcolor import companions as companions_lib
 from jaxcolor import images, losses, parallel
 from jaxcolor import step as step_lib
 from jaxcolor.data import device_augment, pipeline, transforms
@@ -55,8 +56,12 @@ class Trainer:
         if labels is not None:  # frozen layers get exactly zero updates: they stay bitwise as loaded
             self.tx = optax.multi_transform({"train": self.tx, "freeze": optax.set_to_zero()},
                                             labels)
+        # Networks trained alongside the colorizer (a discriminator, a probe), in the same state.
+        self.companions = companions_lib.build(
+            config, axis_name=parallel.PMAP_AXIS if self.pmap else None)
         self.init_fn = functools.partial(
-            step_lib.create_state, self.model, self.tx, image_size=config.data.image_size
+            step_lib.create_state, self.model, self.tx, image_size=config.data.image_size,
+            companions=self.companions,
         )
         skip = bool(config.get("skip_nonfinite", False))
         # augment_on="device": training batches arrive as uint8 RGB plus the drawn angles and
@@ -69,11 +74,11 @@ class Trainer:
         if self.pmap:
             self.train_step, self.eval_step = step_lib.compile_pmap(
                 self.loss_fn, parallel.PMAP_AXIS, self.decode, skip_nonfinite=skip,
-                prepare=prepare)
+                prepare=prepare, companions=self.companions)
         else:
             self.train_step, self.eval_step = step_lib.compile_jit(
                 self.loss_fn, self.repl, self.data, self.decode, skip_nonfinite=skip,
-                prepare=prepare)
+                prepare=prepare, companions=self.companions)
 
     def init_state(self, rng):
         """Global, replicated state: shapes first (no allocation), then a compiled init, then the

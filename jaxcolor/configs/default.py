@@ -71,6 +71,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 1e-4
     c.optimizer.grad_clip = 0.0
 
+    # A linear probe trained alongside the colorizer (jaxcolor/companions.py): maps predicted ab
+    # to true ab per pixel; its `probe_loss` is the error left after the best affine recoloring.
+    # It only watches: the colorizer trains exactly as without it.
+    c.probe = ml_collections.ConfigDict()
+    c.probe.enabled = False
+    c.probe.learning_rate = 1e-2
+
     c.batch_size = 32  # global, over all devices and processes
     c.num_steps = 200
     c.dtype = "float32"  # compute dtype of activations; parameters stay float32
