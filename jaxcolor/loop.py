@@ -191,41 +191,32 @@ def _host_batches(iterator):
         yield batch, iterator.get_state(), skipped
 
 
-def _train(config, workdir, should_stop, trainer, logbook, record, manager, state, iterator,
-           loop: LoopState) -> dict:
-    is_main = jax.process_index() == 0
-    root = step_root(config.seed)
-    skip_nonfinite = bool(config.get("skip_nonfinite", False))
-    skipped_at_prepare = pipeline.skipped_at_prepare(config.data)  # shards source, else None
-    total = config.num_steps
-    if loop.step >= total or loop.stopped_early:
-        log.info("nothing to do: the run in %s already ended at step %d", workdir, loop.step)
+class _MetricRows:
+    """The train metrics of the steps since the last `metrics.jsonl` row, kept on the devices and
+    fetched together when a row is written (one transfer per row, not one per step). A non-finite
+    step stops the run (NonFiniteError) unless `config.skip_nonfinite`, where it is counted."""
 
-    val_records = pipeline.eval_records(config.data, config.data.val_split)
-    preview_batch = next(pipeline.eval_batches(
-        config.data, config.data.val_split, min(config.num_preview_images, len(val_records)),
-        records=val_records[: config.num_preview_images]))
+    def __init__(self, config, trainer, logbook, loop: LoopState, manager, progress):
+        self.config, self.trainer, self.logbook, self.loop = config, trainer, logbook, loop
+        self.manager, self.progress = manager, progress
+        self.skip_nonfinite = bool(config.get("skip_nonfinite", False))
+        self.skipped_at_prepare = pipeline.skipped_at_prepare(config.data)  # shards, else None
+        self.pending: list[tuple[int, dict]] = []
+        self.last_time, self.last_step = time.perf_counter(), loop.step
 
-    state = trainer.to_step_form(state)
-    batches = parallel.prefetch(_host_batches(iterator),
-                                put=lambda item: (trainer.put(item[0]), *item[1:]),
-                                size=max(1, config.prefetch))
-    progress = _progress(is_main, loop.step, total)
-    pending: list[tuple[int, dict]] = []  # device metrics of the steps since the last log row
-    data_state = None
-    last_time, last_step = time.perf_counter(), loop.step
-    last_eval: dict | None = None
+    def add(self, step: int, metrics) -> None:
+        self.pending.append((step, metrics))
 
-    def log_row(step: int) -> None:
-        """Fetches the metrics of the steps since the last row; stops on a non-finite loss."""
-        nonlocal pending, last_time, last_step
-        if not pending:
+    def write(self, step: int) -> None:
+        if not self.pending:
             return
-        host = trainer.fetch([m for _, m in pending])
-        bad = [s for (s, _), m in zip(pending, host) if not bool(m["finite"])]
-        if bad and not skip_nonfinite:
+        loop = self.loop
+        host = self.trainer.fetch([m for _, m in self.pending])
+        bad = [s for (s, _), m in zip(self.pending, host) if not bool(m["finite"])]
+        if bad and not self.skip_nonfinite:
             raise NonFiniteError(f"non-finite loss or gradient at step {bad[0]}; last good "
-                                 f"checkpoint: {manager.latest_step()} in {manager.directory}")
+                                 f"checkpoint: {self.manager.latest_step()} in "
+                                 f"{self.manager.directory}")
         if bad:
             loop.skipped_updates += len(bad)
             log.warning("non-finite loss or gradient at step(s) %s: update(s) skipped (%d so far)",
@@ -234,38 +225,50 @@ def _train(config, workdir, should_stop, trainer, logbook, record, manager, stat
         now = time.perf_counter()
         # loss, ab_mae, grad_norm, and each companion's <name>_loss / <name>_term
         row = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
-        row["learning_rate"] = float(trainer.schedule(step))
-        row["examples_per_s"] = (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
+        row["learning_rate"] = float(self.trainer.schedule(step))
+        row["examples_per_s"] = ((step - self.last_step) * self.config.batch_size
+                                 / max(now - self.last_time, 1e-9))
         row["skipped_files"] = loop.skipped_files
-        if skipped_at_prepare is not None:
-            row["skipped_files_at_prepare"] = skipped_at_prepare
-        if skip_nonfinite:
+        if self.skipped_at_prepare is not None:
+            row["skipped_files_at_prepare"] = self.skipped_at_prepare
+        if self.skip_nonfinite:
             row["skipped_updates"] = loop.skipped_updates
-        logbook.write(step, row)
-        progress.set_postfix(loss=f"{row['loss']:.4f}", ex_s=f"{row['examples_per_s']:.0f}")
-        pending, last_time, last_step = [], now, step
+        self.logbook.write(step, row)
+        self.progress.set_postfix(loss=f"{row['loss']:.4f}", ex_s=f"{row['examples_per_s']:.0f}")
+        self.pending, self.last_time, self.last_step = [], now, step
 
-    def save(val_loss: float | None) -> None:
-        log_row(loop.step)
-        checkpoint.save(manager, loop.step, trainer.to_global_form(state), data_state,
-                        loop.record(), val_loss)
-        # The save is asynchronous, but it began by finishing the previous one: run.json names
-        # the newest checkpoint complete on disk, never one still being written.
-        record.progress(checkpoint.last_complete_step(str(manager.directory)))
 
-    interrupted = False
+def _train(config, workdir, should_stop, trainer, logbook, record, manager, state, iterator,
+           loop: LoopState) -> dict:
+    """Steps from `loop.step` to the end (or a stop); each step asks `itstime` what else to do."""
+    is_main = jax.process_index() == 0
+    root = step_root(config.seed)
+    total = config.num_steps
+    if loop.step >= total or loop.stopped_early:
+        log.info("nothing to do: the run in %s already ended at step %d", workdir, loop.step)
+    val_records = pipeline.eval_records(config.data, config.data.val_split)
+    preview_batch = next(pipeline.eval_batches(
+        config.data, config.data.val_split, min(config.num_preview_images, len(val_records)),
+        records=val_records[: config.num_preview_images]))
+    state = trainer.to_step_form(state)
+    batches = parallel.prefetch(_host_batches(iterator),
+                                put=lambda item: (trainer.put(item[0]), *item[1:]),
+                                size=max(1, config.prefetch))
+    progress = _progress(is_main, loop.step, total)
+    rows = _MetricRows(config, trainer, logbook, loop, manager, progress)
+    data_state, last_eval, interrupted = None, None, False
     try:
         while loop.step < total and not loop.stopped_early:
             batch, data_state, loop.skipped_files = next(batches)
             state, metrics = trainer.train_step(state, batch, jax.random.fold_in(root, loop.step))
             loop.step += 1
-            pending.append((loop.step, metrics))
+            rows.add(loop.step, metrics)
             progress.update(1)
             if itstime(loop.step, config.log_every, total):
-                log_row(loop.step)
+                rows.write(loop.step)
             val_loss = None
             if itstime(loop.step, config.eval_every, total):
-                log_row(loop.step)
+                rows.write(loop.step)
                 last_eval = trainer.evaluate(state, val_records)
                 val_loss = last_eval["loss"]
                 logbook.write(loop.step, {f"val_{k}": v for k, v in last_eval.items()})
@@ -273,28 +276,25 @@ def _train(config, workdir, should_stop, trainer, logbook, record, manager, stat
                     logbook.image("val/gray_pred_truth", trainer.preview(state, preview_batch),
                                   loop.step)
                 loop.validated(loop.step, val_loss, config.patience)
-            stop = loop.step < total and should_stop(loop.step)
-            if (itstime(loop.step, config.checkpoint_every, total) or stop or loop.stopped_early
-                    or val_loss is not None and loop.best_step == loop.step):
-                save(val_loss)
-            if stop:
-                interrupted = True
+            interrupted = loop.step < total and should_stop(loop.step)
+            if (itstime(loop.step, config.checkpoint_every, total) or interrupted
+                    or loop.stopped_early or val_loss is not None and loop.best_step == loop.step):
+                rows.write(loop.step)
+                checkpoint.save(manager, loop.step, trainer.to_global_form(state), data_state,
+                                loop.record(), val_loss)
+                # The save is asynchronous, but it began by finishing the previous one: run.json
+                # names the newest checkpoint complete on disk, never one still being written.
+                record.progress(checkpoint.last_complete_step(str(manager.directory)))
+            if interrupted:
                 log.warning("stop requested: checkpointed step %d in %s; rerun to resume",
                             loop.step, manager.directory)
                 break
-        log_row(loop.step)
+        rows.write(loop.step)
     finally:
         batches.close()  # stops the prefetch thread before the iterator goes away
         progress.close()
-        if sys.exc_info()[0] is None:
-            checkpoint.wait(manager)  # a failed last write is this run's error
-        else:
-            try:  # the error in flight is the one to report; this only lets the write end
-                manager.wait_until_finished()
-            except Exception:  # noqa: BLE001
-                log.warning("the pending checkpoint write failed too")
+        _finish_writes(manager, failing=sys.exc_info()[0] is not None)
     record.progress(checkpoint.last_complete_step(str(manager.directory)))
-
     if interrupted:
         record.end("interrupted", manager.latest_step(),
                    "stop request (SIGTERM/SIGINT or should_stop)")
@@ -303,16 +303,33 @@ def _train(config, workdir, should_stop, trainer, logbook, record, manager, stat
         last_eval = trainer.evaluate(state, val_records)
     if is_main:
         images.save_png(trainer.preview(state, preview_batch), os.path.join(workdir, "preview.png"))
-        summary = {"step": int(manager.latest_step() or 0), "interrupted": False, **last_eval,
-                   "best_step": loop.best_step, "best_val_loss": loop.best_val_loss,
-                   "stopped_early": loop.stopped_early, "skipped_updates": loop.skipped_updates}
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        _write_summary(workdir, manager, loop, last_eval)
         record.end("finished", manager.latest_step())
-        print(f"validation ab error (mean |ab| error, LAB units) on {last_eval['count']} images: "
-              f"model {last_eval['ab_mae']:.3f} vs gray baseline (a=b=0) "
-              f"{last_eval['gray_ab_mae']:.3f}")
     return last_eval
+
+
+def _finish_writes(manager, failing: bool) -> None:
+    """Waits for the pending checkpoint write. A failed last write is this run's error, unless
+    another error is already in flight: that one is reported, and this only lets the write end."""
+    if not failing:
+        checkpoint.wait(manager)
+        return
+    try:
+        manager.wait_until_finished()
+    except Exception:  # noqa: BLE001
+        log.warning("the pending checkpoint write failed too")
+
+
+def _write_summary(workdir: str, manager, loop: LoopState, last_eval: dict) -> None:
+    """summary.json and the one line a user reads at the end of a run."""
+    summary = {"step": int(manager.latest_step() or 0), "interrupted": False, **last_eval,
+               "best_step": loop.best_step, "best_val_loss": loop.best_val_loss,
+               "stopped_early": loop.stopped_early, "skipped_updates": loop.skipped_updates}
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"validation ab error (mean |ab| error, LAB units) on {last_eval['count']} images: "
+          f"model {last_eval['ab_mae']:.3f} vs gray baseline (a=b=0) "
+          f"{last_eval['gray_ab_mae']:.3f}")
 
 
 def _progress(enabled: bool, start: int, total: int):

@@ -85,6 +85,23 @@ BUGS = (
         "    config_lib.validate(config)\n    is_main = jax.process_index() == 0",
         "    is_main = jax.process_index() == 0",
         ("tests/test_hostile.py::test_a_bad_config_is_refused_before_anything_is_written",)),
+    # issue 16: a second network in the train state
+    Bug("companion_not_updated", "the probe's new state is dropped at every step",
+        "jaxcolor/step.py",
+        "        new_state = new_state.replace(companions=companion_states)",
+        "        pass",
+        ("tests/test_companions.py::"
+         "test_the_probe_has_its_own_parameters_statistics_and_optimizer_and_they_train",)),
+    Bug("probe_pulls_on_the_colorizer", "the watching probe adds its loss to the colorizer's",
+        "jaxcolor/companions.py",
+        "        loss=_probe_loss,\n",
+        "        loss=_probe_loss, colorizer_loss=lambda out, batch: 1e-3 * _probe_loss(out, batch),\n",
+        ("tests/test_companions.py::test_a_watching_probe_leaves_the_colorizer_bitwise_as_without_it",)),
+    Bug("companion_grads_not_averaged", "under pmap each device keeps its own probe",
+        "jaxcolor/step.py",
+        "    grads = _mean(grads, axis_name)\n    new = c_state.apply_gradients",
+        "    new = c_state.apply_gradients",
+        ("tests/test_sharding.py::test_params_batch_stats_and_opt_state_match_leaf_by_leaf",)),
 )
 
 
