@@ -4,7 +4,7 @@
 # (jax.distributed) joins them into one cluster and each process feeds its own devices.
 #
 #   ./launch.sh local [train flags]
-#   ./launch.sh local-multiprocess N [--cpu-devices K] [train flags]
+#   ./launch.sh local-multiprocess N [--cpu_devices K] [train flags]
 #   ./launch.sh tpu-vm NAME ZONE [train flags]
 #   ./launch.sh slurm [sbatch options] -- [train flags]
 #
@@ -36,8 +36,8 @@ cmd_local_multiprocess() {
   [[ $# -ge 1 && "$1" =~ ^[1-9][0-9]*$ ]] || die "local-multiprocess needs a process count N >= 1"
   local n="$1"; shift
   local devices=1
-  if [[ "${1:-}" == "--cpu-devices" ]]; then
-    [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || die "--cpu-devices needs a positive integer"
+  if [[ "${1:-}" == "--cpu_devices" || "${1:-}" == "--cpu-devices" ]]; then  # the latter: its earlier name
+    [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || die "--cpu_devices needs a positive integer"
     devices="$2"; shift 2
   fi
   cd "$here"

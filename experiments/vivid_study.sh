@@ -31,11 +31,11 @@ done
 PRIOR="$OUT/classification/data/ab_prior.npz"
 for loss in reference l1 classification; do
   $PY -m jaxcolor.evaluate --workdir "$OUT/$loss" --split test --step "$STEPS" \
-    --data.eval_examples=0 --ab_prior "$PRIOR" | tee "$OUT/eval_$loss.txt"
+    --config.data.eval_examples=0 --ab_prior "$PRIOR" | tee "$OUT/eval_$loss.txt"
 done
 for t in 0 1; do  # the classification run decoded at the mode and at the mean
   $PY -m jaxcolor.evaluate --workdir "$OUT/classification" --split test --step "$STEPS" \
-    --data.eval_examples=0 --ab_prior "$PRIOR" --temperature "$t" | tee "$OUT/eval_classification_T$t.txt"
+    --config.data.eval_examples=0 --ab_prior "$PRIOR" --temperature "$t" | tee "$OUT/eval_classification_T$t.txt"
 done
 $PY experiments/vivid_grid.py experiments/vivid_grid.png --scale 1 \
   "reference=$OUT/reference@$STEPS" "L1=$OUT/l1@$STEPS" \

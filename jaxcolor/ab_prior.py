@@ -24,7 +24,6 @@ nearest bin). `from_ab` makes one from any set of ab values (e.g. a test set's),
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxcolor import ab_bins, color
+from jaxcolor import config as config_lib
 
 log = logging.getLogger("jaxcolor")
 
@@ -253,23 +253,23 @@ def summary(prior: Prior) -> str:
 
 def main(argv=None) -> int:
     """`prepare ab-prior`: count (or recount) the prior of a config into WORKDIR/data/."""
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxcolor.prepare ab-prior",
-        description="Count the ab-bin prior of the training split and the class-rebalancing "
-                    "weights of the classification loss into WORKDIR/data/ab_prior.npz.",
+    parser = config_lib.command_parser(
+        "python -m jaxcolor.prepare ab-prior",
+        "Count the ab-bin prior of the training split and the class-rebalancing weights of the "
+        "classification loss into WORKDIR/data/ab_prior.npz.",
         epilog="Any --config.SECTION.FIELD=VALUE overrides the config, as for jaxcolor.train.")
     parser.add_argument("--config", required=True, help="experiment config file (get_config())")
     parser.add_argument("--workdir", required=True,
                         help="the run's directory; the prior goes to WORKDIR/data/ab_prior.npz")
     parser.add_argument("--out", default=None, help="write here instead of WORKDIR/data/")
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    args, overrides = config_lib.parse_with_overrides(parser, sys.argv[1:] if argv is None
+                                                      else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        config = load_config(args.config, rest)
+        config = load_config(args.config, overrides)
         prior = compute(config)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        config_lib.usage_error(exc)
     path = args.out or default_path(args.workdir)
     save(path, prior)
     print(f"wrote {path}: {summary(prior)}")
@@ -277,10 +277,9 @@ def main(argv=None) -> int:
 
 
 def load_config(path: str, overrides=()):
-    """A config file's `get_config()` with `--config.a.b=value` overrides (types as the field's)."""
+    """A config file's `get_config()` with overrides, `--config.a.b=value` strings or the
+    (KEY, VALUE) pairs of `jaxcolor.config.split_config_overrides` (types as the field's)."""
     import importlib.util
-
-    from jaxcolor import runs
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--config={path}: no such config file")
@@ -288,16 +287,11 @@ def load_config(path: str, overrides=()):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    pairs = []
-    for text in overrides:
-        if not text.startswith("--config."):
-            raise ValueError(f"{text!r}: expected --config.SECTION.FIELD=VALUE")
-        key, sep, value = text[len("--config."):].partition("=")
-        if not sep:
-            raise ValueError(f"{text!r}: expected --config.SECTION.FIELD=VALUE")
-        pairs.append((key, value))
-    sections = sorted({k.split(".", 1)[0] for k, _ in pairs})
-    return runs.apply_overrides(config, dict(pairs), allowed=sections) if pairs else config
+    if any(isinstance(item, str) for item in overrides):  # command-line strings
+        overrides, rest = config_lib.split_config_overrides(overrides)
+        if rest:
+            raise config_lib.ConfigError(f"{rest[0]!r}: expected --config.SECTION.FIELD=VALUE")
+    return config_lib.apply_config_overrides(config, overrides)
 
 
 if __name__ == "__main__":

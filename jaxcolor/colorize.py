@@ -55,6 +55,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from jaxcolor import color, images as images_lib
+from jaxcolor import config as config_lib
 
 if TYPE_CHECKING:  # JAX loads only once a model is needed: usage errors are reported at once
     from jaxcolor.runs import Colorizer
@@ -99,70 +100,20 @@ def row_strips(height: int, width: int, strip_pixels: int = STRIP_PIXELS) -> lis
     return [slice(y, min(height, y + rows)) for y in range(0, height, rows)]
 
 
-def check_values(arr: np.ndarray) -> None:
-    """Refuses values outside the range a dtype stands for, instead of clipping them to a white
-    or black picture: float outside [0, 1] (0..255 data stored as float) or not finite, and
-    integers (other than uint8, uint16 and bool, which cannot be out of range) outside 0..255."""
-    if arr.dtype in (np.bool_, np.uint8, np.uint16):
-        return
-    if np.issubdtype(arr.dtype, np.floating):
-        lo, hi = float(arr.min()), float(arr.max())  # NaN propagates through min and max
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
-            raise ValueError(f"float image with {bad} NaN or infinite values: expected finite "
-                             "values in [0, 1]")
-        if lo < 0.0 or hi > 1.0:
-            hint = " (0..255 data? divide it by 255, or pass it as uint8)" if hi > 1.0 else ""
-            raise ValueError(f"float image with values in [{lo:g}, {hi:g}]: expected values "
-                             f"in [0, 1]{hint}")
-    elif np.issubdtype(arr.dtype, np.integer):
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi > 255:
-            raise ValueError(f"{arr.dtype} image with values in [{lo}, {hi}]: expected 0..255 "
-                             "(16-bit data must be uint16, 0..65535)")
-    else:
-        raise ValueError(f"image dtype {arr.dtype}: expected uint8, uint16 or float in [0, 1]")
-
-
-def _rgb_uint8_rows(arr: np.ndarray) -> np.ndarray:
-    """Checked rows (n, W[, C]) of any accepted layout and dtype -> (n, W, 3) uint8."""
-    if arr.dtype == np.uint16:
-        arr = images_lib.to_uint8(arr.astype(np.float64) / 65535.0)
-    elif np.issubdtype(arr.dtype, np.floating):
-        arr = images_lib.to_uint8(arr.astype(np.float64))
-    elif arr.dtype == np.bool_:
-        arr = arr * np.uint8(255)
-    else:
-        arr = arr.astype(np.uint8)  # check_values: 0..255
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    if arr.shape[-1] == 4:
-        alpha = arr[..., 3:].astype(np.float32) / 255.0
-        arr = (arr[..., :3] * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
-    return arr
-
-
 def as_rgb_uint8(image, strip_pixels: int = STRIP_PIXELS) -> np.ndarray:
-    """An image array in a common layout -> (H, W, 3) uint8 RGB.
+    """An image array -> (H, W, 3) uint8 RGB by `jaxcolor.images.rgb_uint8`'s rule (the one the
+    training data's arrays follow), strip by strip so that its float temporaries stay small.
 
     Accepts (H, W) or (H, W, 1) gray, (H, W, 3) RGB and (H, W, 4) RGBA (composited on white),
     as uint8 (or other integers, 0..255), uint16 (0..65535), float (0..1) or bool. Values
-    outside those ranges (float 0..255, NaN) are a ValueError naming the range found.
+    outside those ranges (float 0..255, NaN) are a ValueError naming the whole picture's range.
     """
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-        raise ValueError(f"image of shape {arr.shape}: expected (H, W), (H, W, 1), (H, W, 3) "
-                         "or (H, W, 4)")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"image of shape {arr.shape}: it has no pixels")
-    check_values(arr)
+    arr = images_lib.checked_image(image)
     if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[-1] == 3:
         return np.ascontiguousarray(arr)
     out = np.empty(arr.shape[:2] + (3,), np.uint8)
     for rows in row_strips(*arr.shape[:2], strip_pixels):  # float64 temporaries per strip only
-        out[rows] = _rgb_uint8_rows(arr[rows])
+        out[rows] = images_lib.rgb_uint8(arr[rows])
     return out
 
 
@@ -667,9 +618,9 @@ def _pixel_count(text: str) -> int:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxcolor.colorize",
-        description="Colorize pictures (files or folders, recursively) with a trained run.")
+    parser = config_lib.command_parser(
+        "python -m jaxcolor.colorize",
+        "Colorize pictures (files or folders, recursively) with a trained run.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     parser.add_argument("--workdir", required=True, help="the training run's directory")
     parser.add_argument("-o", "--out", required=True, metavar="OUT_DIR",
@@ -698,6 +649,8 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    """The command: 0 or 1 (`EXIT_NOTHING_COLORIZED`); a usage error exits (SystemExit,
+    `EXIT_USAGE`) rather than returning."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
@@ -710,8 +663,7 @@ def main(argv=None) -> int:
         absl_logging.set_verbosity(absl_logging.WARNING)
         model = load_colorizer(args.workdir, args.step, args.temperature)
     except (UsageError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        config_lib.usage_error(exc)
     report = colorize_files(model, jobs, args.compare, args.batch, overwrite=args.overwrite,
                             max_pixels=args.max_pixels)
     for source, kind, reason in report.skipped:

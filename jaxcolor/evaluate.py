@@ -1,4 +1,4 @@
-"""`python -m jaxcolor.evaluate --workdir RUN [--split validation|test] [--step N] [--data.KEY=VALUE]`
+"""`python -m jaxcolor.evaluate --workdir RUN [--split validation|test] [--step N] [--config.data.KEY=VALUE]`
 
 Scores a trained run on a split: PSNR, SSIM, ab errors, AuC (plain and, with `--ab_prior`,
 class-rebalanced) and colorfulness (see `jaxcolor.metrics`), for the model and for the gray
@@ -10,11 +10,16 @@ best by validation loss, or the latest), then writes the record to `--out FILE` 
 one). A split none of whose images could be read is an error (exit 1, nothing written), never a
 score; one partly unreadable reports how many it skipped. `evaluate(workdir, ...)` is the same
 as a Python function.
+
+`--config.data.FIELD=VALUE` overrides a data field of the run's saved config, with train's
+syntax (`--config.data.path=DIR` evaluates the run on another folder); the other sections
+describe the checkpoint and cannot change. Exit status: 0 done; 1 nothing could be evaluated (no
+readable image) or the record could not be written; 2 a usage error (a flag, an override, a
+missing run or data path), one line naming it, before anything is written.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
@@ -26,10 +31,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxcolor import ab_prior as ab_prior_lib
-from jaxcolor import color, metrics, parallel, run_record, runs
+from jaxcolor import color, losses, metrics, parallel, run_record, runs
+from jaxcolor import config as config_lib
 from jaxcolor.data import pipeline
 
 SPLITS = ("validation", "test", "train")
+# The config sections a command line may override: the rest describes the trained checkpoint.
+OVERRIDABLE = ("data",)
 COLUMNS = (  # (key, header, format)
     ("psnr", "PSNR dB", "{:.2f}"),
     ("ssim", "SSIM", "{:.4f}"),
@@ -40,6 +48,7 @@ COLUMNS = (  # (key, header, format)
     ("colorfulness", "CF", "{:.2f}"),
     ("colorfulness_ratio", "CF ratio", "{:.3f}"),
     ("colorfulness_delta", "dCF", "{:.2f}"),
+    ("wrong_hue", "wrong hue", "{:.4f}"),
 )
 
 
@@ -50,10 +59,14 @@ def split_spec(config, split: str) -> str:
     return config.data[fields[split]] if split in fields else split
 
 
-def eval_step(apply, variables, batch, prior=None):
+def eval_step(apply, variables, batch, prior=None, ab_scale: float = 1.0):
     """Model and gray-baseline metric sums of one batch (L/100, ab/128 -> LAB units).
-    `apply(variables, L/100) -> ab/128` is the model's inference-mode forward pass."""
+    `apply(variables, L/100) -> ab/128` is the model's inference-mode forward pass; `ab_scale`
+    multiplies its ab (the RGB metrics clip to the gamut as always): the simplest way to make a
+    model more or less colorful, the line a vivid recipe must beat at equal colorfulness."""
     pred = apply(variables, batch["L"])
+    if ab_scale != 1.0:
+        pred = pred * ab_scale
     l = batch["L"] * color.L_SCALE
     ab_true = batch["ab"] * color.AB_SCALE
     return {
@@ -64,11 +77,12 @@ def eval_step(apply, variables, batch, prior=None):
 
 def evaluate(workdir: str, split: str = "validation", step: int | None = None, overrides=(),
              ab_prior: str | None = None, write: bool = True, mesh=None,
-             temperature: float | None = None) -> dict:
+             temperature: float | None = None, ab_scale: float = 1.0) -> dict:
     """Evaluates the best (or given) checkpoint of `workdir` on `split`; returns the record
     {'model': {...}, 'gray': {...}, 'count', 'skipped', ...}, also written (atomically) to
     `RUN/eval_<split>_<step>.json` when `write`. `temperature` is the annealed-mean T of a classification run (default: its
-    config's). `pipeline.NothingEvaluatedError` if no image of the split could be read."""
+    config's). `ab_scale` multiplies the predicted ab (`eval_step`).
+    `pipeline.NothingEvaluatedError` if no image of the split could be read."""
     mesh = parallel.make_mesh() if mesh is None else mesh
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
     run = runs.load_run(workdir, step, overrides, sharding=repl, temperature=temperature)
@@ -77,7 +91,7 @@ def evaluate(workdir: str, split: str = "validation", step: int | None = None, o
     prior = ab_prior_lib.load(ab_prior) if ab_prior else None  # training's prior type and bins
     spec = split_spec(config, split)
 
-    compiled = jax.jit(functools.partial(eval_step, run.apply, prior=prior),
+    compiled = jax.jit(functools.partial(eval_step, run.apply, prior=prior, ab_scale=ab_scale),
                        in_shardings=(repl, data), out_shardings=repl)
     share = pipeline.per_process_batch(config.batch_size, jax.process_count())
     records = _records(config, spec, workdir)
@@ -100,15 +114,17 @@ def evaluate(workdir: str, split: str = "validation", step: int | None = None, o
         "rgb_data_range": metrics.DATA_RANGE,
         "ab_prior": os.path.abspath(ab_prior) if ab_prior else None,
         "loss": config.loss.name,
-        "temperature": float(config.loss.temperature) if config.loss.name == "classification"
+        "loss_terms": losses.terms_of(config.loss),
+        "temperature": float(config.loss.temperature) if losses.is_classification(config.loss)
         else None,
+        "ab_scale": float(ab_scale),
         "model": metrics.summarize(host["model"]),
         "gray": metrics.summarize(host["gray"]),
     }
     result["count"] = result["model"]["count"]
     result["skipped"] = skipped
     if write and jax.process_index() == 0:
-        write_result(result, result_path(workdir, split, run.step, temperature))
+        write_result(result, result_path(workdir, split, run.step, temperature, ab_scale))
     return result
 
 
@@ -135,15 +151,17 @@ def _records(config, spec: str, workdir: str):
             raise FileNotFoundError(
                 f"{exc}; {os.path.join(workdir, 'config.json')} records a relative data path, "
                 f"resolved from the current directory {os.getcwd()}: run from where training "
-                "ran or pass --data.path=DIR") from None
+                "ran or pass --config.data.path=DIR") from None
         raise
 
 
-def result_path(workdir: str, split: str, step: int, temperature: float | None = None) -> str:
-    """RUN/eval_<split>_<step>.json; with an explicit --temperature, eval_<split>_<step>_T<T>.json
-    (so decodings at several temperatures do not overwrite each other)."""
+def result_path(workdir: str, split: str, step: int, temperature: float | None = None,
+                ab_scale: float = 1.0) -> str:
+    """RUN/eval_<split>_<step>.json; with an explicit --temperature, eval_<split>_<step>_T<T>.json,
+    with --ab_scale, ..._x<scale> (so variants do not overwrite each other)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("_") or "split"
     suffix = "" if temperature is None else f"_T{temperature:g}"
+    suffix += "" if ab_scale == 1.0 else f"_x{ab_scale:g}"
     return os.path.join(workdir, f"eval_{safe}_{step}{suffix}.json")
 
 
@@ -169,16 +187,20 @@ def format_table(result: dict) -> str:
         f"RGB; ground truth {result['model']['colorfulness_true']:.2f}); gray = a=b=0 baseline."
         + (f" Classification decoded by the annealed mean at T = {result['temperature']:g}."
            if result.get("temperature") is not None else "")
+        + (f" Predicted ab x {result['ab_scale']:g}." if result.get("ab_scale", 1.0) != 1.0
+           else "")
     )
     return "\n".join(lines)
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxcolor.evaluate",
-        description="Evaluate a trained run: model vs gray baseline on a split.",
-        epilog="Any --data.KEY=VALUE overrides that field of the run's config, e.g. "
-               "--data.path=DIR or --data.eval_examples=0 (the whole split).")
+    """(the options, the `--config.data.KEY=VALUE` overrides as (KEY, VALUE) pairs); a bad flag
+    is a usage error (exit 2). The earlier `--data.KEY=VALUE` spelling is still read."""
+    parser = config_lib.command_parser(
+        "python -m jaxcolor.evaluate",
+        "Evaluate a trained run: model vs gray baseline on a split.",
+        epilog="Any --config.data.KEY=VALUE overrides that field of the run's config, e.g. "
+               "--config.data.path=DIR or --config.data.eval_examples=0 (the whole split).")
     parser.add_argument("--workdir", required=True, help="the training run's directory")
     parser.add_argument("--split", default="validation",
                         help="validation | test | train (the run's splits) or a split spec "
@@ -194,37 +216,36 @@ def parse_args(argv):
     parser.add_argument("--temperature", type=float, default=None,
                         help="classification runs: annealed-mean temperature T (0 = the mode, "
                              "1 = the mean; default: the run's config.loss.temperature, 0.38)")
-    args, rest = parser.parse_known_args(argv)
-    bad = [r for r in rest if not r.startswith("--data.")]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)} (only --data.KEY=VALUE overrides "
-                     "are accepted besides the options above)")
-    return args, rest
+    parser.add_argument("--ab_scale", type=float, default=1.0,
+                        help="multiply the predicted ab by this before scoring (the scaled-L1 "
+                             "baseline of a colorfulness comparison; default 1)")
+    return config_lib.parse_with_overrides(parser, argv, legacy_sections=OVERRIDABLE)
 
 
 def main(argv=None) -> int:
+    """The command; a usage error exits (SystemExit, status 2) rather than returning."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
     if args.out and os.path.isdir(args.out):
-        parser_error = f"--out {args.out}: is a folder; expected a file name for the JSON record"
-        print(f"error: {parser_error}", file=sys.stderr)
-        return 2
-    try:
-        result = evaluate(args.workdir, args.split, args.step, overrides, args.ab_prior,
-                          write=False, temperature=args.temperature)
+        config_lib.usage_error(f"--out {args.out}: is a folder; expected a file name for the "
+                               "JSON record")
+    try:  # the overrides are checked against the saved config first: one line naming the flag
+        config_lib.apply_config_overrides(runs.read_config(args.workdir), overrides, OVERRIDABLE)
+        result = evaluate(args.workdir, args.split, args.step, dict(overrides), args.ab_prior,
+                          write=False, temperature=args.temperature, ab_scale=args.ab_scale)
     except pipeline.NothingEvaluatedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        config_lib.usage_error(exc)
     if jax.process_index() != 0:
         return 0
     print(format_table(result), flush=True)  # first: a failed write below loses no numbers
-    path = args.out or result_path(args.workdir, args.split, result["step"], args.temperature)
+    path = args.out or result_path(args.workdir, args.split, result["step"], args.temperature,
+                                   args.ab_scale)
     try:
         write_result(result, path)
     except OSError as exc:

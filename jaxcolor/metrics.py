@@ -32,6 +32,11 @@ Conventions (the resolution is whatever the arrays have, in evaluation the model
   prior is the one training's classification loss rebalances with, `jaxcolor.ab_prior.Prior`, on
   the same bins (a run's `RUN/data/ab_prior.npz`, or `ab_prior.from_ab` of any ab values); see
   `prior_weights`.
+* Wrong hue: among the pixels where both the prediction and the truth have chroma
+  sqrt(a^2 + b^2) above `WRONG_HUE_MIN_CHROMA` (15), the share whose hues differ by more than
+  90 degrees (equivalently, whose ab vectors have a negative dot product), pooled over all such
+  pixels of the split: the "wrong color patch" (blue skin, cyan grass) that a vivid but unfaithful
+  model makes, which the averages above barely see. NaN when no pixel qualifies.
 * Colorfulness (Hasler & Suesstrunk, 2003) on 0..255 RGB: rg = R - G, yb = (R + G) / 2 - B,
   CF = sqrt(std_rg^2 + std_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2) (population std over the
   image's pixels). Reported for predictions and ground truth, their ratio (mean CF of
@@ -54,6 +59,7 @@ PSNR_MIN_MSE = 1e-10  # caps PSNR at 100 dB for a perfect image
 SSIM_WIN = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 DATA_RANGE = 1.0  # RGB in [0, 1]
+WRONG_HUE_MIN_CHROMA = 15.0  # ab units
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,8 +109,10 @@ def ssim(rgb_pred, rgb_true, data_range: float = DATA_RANGE, win_size: int = SSI
     return s.mean(axis=(1, 2, 3))
 
 
-def colorfulness(rgb01):
-    """Hasler & Suesstrunk's colorfulness of each (H, W, 3) image in [0, 1], on the 0..255 scale."""
+def colorfulness(rgb01, eps: float = 0.0):
+    """Hasler & Suesstrunk's colorfulness of each (H, W, 3) image in [0, 1], on the 0..255 scale.
+    `eps` > 0 goes under both square roots: the loss term's (losses.colorfulness_loss) finite
+    gradient at gray; the metric uses 0."""
     rgb = rgb01.astype(jnp.float32) * 255.0
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     rg = (r - g).reshape(r.shape[0], -1)
@@ -112,7 +120,17 @@ def colorfulness(rgb01):
     mean_rg, mean_yb = rg.mean(axis=1), yb.mean(axis=1)
     var_rg = ((rg - mean_rg[:, None]) ** 2).mean(axis=1)
     var_yb = ((yb - mean_yb[:, None]) ** 2).mean(axis=1)
-    return jnp.sqrt(var_rg + var_yb) + 0.3 * jnp.sqrt(mean_rg**2 + mean_yb**2)
+    return jnp.sqrt(var_rg + var_yb + eps) + 0.3 * jnp.sqrt(mean_rg**2 + mean_yb**2 + eps)
+
+
+def wrong_hue_pixels(ab_pred, ab_true, min_chroma: float = WRONG_HUE_MIN_CHROMA):
+    """(wrong, eligible) float32 (B, H, W) masks: eligible where both chromas exceed
+    `min_chroma`; wrong where also the hues are more than 90 degrees apart."""
+    ab_pred, ab_true = ab_pred.astype(jnp.float32), ab_true.astype(jnp.float32)
+    chroma2 = lambda ab: jnp.sum(ab**2, axis=-1)  # noqa: E731
+    eligible = (chroma2(ab_pred) > min_chroma**2) & (chroma2(ab_true) > min_chroma**2)
+    wrong = eligible & (jnp.sum(ab_pred * ab_true, axis=-1) < 0)
+    return wrong.astype(jnp.float32), eligible.astype(jnp.float32)
 
 
 def ab_distance(ab_pred, ab_true):
@@ -183,6 +201,9 @@ def batch_sums(l, ab_true, ab_pred, weight, prior: Prior | None = None) -> dict[
         "cf_true": (cf_true * w).sum(),
         "cf_absdiff": (jnp.abs(cf_pred - cf_true) * w).sum(),
     }
+    wrong, eligible = wrong_hue_pixels(ab_pred, ab_true)
+    sums["hue_wrong"] = (wrong.sum(axis=(1, 2)) * w).sum()
+    sums["hue_eligible"] = (eligible.sum(axis=(1, 2)) * w).sum()
     if prior is not None:
         pw = prior_weights(ab_true, prior) * w[:, None, None]
         sums["auc_rb_num"] = (pw * auc).sum()
@@ -234,6 +255,7 @@ def summarize(sums: dict) -> dict[str, float]:
         colorfulness_true=split_mean(s, "cf_true"),
         colorfulness_ratio=s["cf_pred"] / s["cf_true"] if s["cf_true"] > 0 else math.nan,
         colorfulness_delta=split_mean(s, "cf_absdiff"),
+        wrong_hue=s["hue_wrong"] / s["hue_eligible"] if s.get("hue_eligible", 0) > 0 else math.nan,
         count=int(round(s["count"])),
     )
     return out

@@ -1,4 +1,4 @@
-"""`python -m jaxcolor.plot --workdir RUN [--out DIR] [--num_images N] [--step N] [--data.KEY=VALUE]`
+"""`python -m jaxcolor.plot --workdir RUN [--out DIR] [--num_images N] [--step N] [--config.data.KEY=VALUE]`
 
 Figures of a run, as PNG files (matplotlib, Agg backend, no display needed), in `RUN/plots/`:
 
@@ -10,21 +10,25 @@ Figures of a run, as PNG files (matplotlib, Agg backend, no display needed), in 
 * `ab_channels.png`: the a and b channels of those images, prediction beside ground truth, on a
   diverging colormap centered on 0 (the reference work's channel maps).
 
-The first two need only `metrics.jsonl`; the last two restore the model. Training also logs the
-example grid to TensorBoard at every evaluation.
+The first two need only `metrics.jsonl`; the last two restore the model and read their images
+from the run's saved data config, which `--config.data.KEY=VALUE` overrides as for
+`jaxcolor.evaluate` (e.g. `--config.data.path=DIR`). Training also logs the example grid to
+TensorBoard at every evaluation. Exit status: 0 done; 2 a usage error (a flag, an override, a
+missing run or metrics file), one line naming it.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
 
 from jaxcolor import color, images as images_lib
+from jaxcolor import config as config_lib
 
 LOSS_PNG, VAL_PNG, EXAMPLES_PNG, AB_PNG = "loss.png", "val_metrics.png", "examples.png", "ab_channels.png"
+OVERRIDABLE = ("data",)  # the config sections --config.* may change: the rest is the checkpoint
 
 
 def _pyplot():
@@ -166,26 +170,31 @@ def make_plots(workdir: str, out_dir: str | None = None, num_images: int = 6,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxcolor.plot",
-                                     description="PNG figures of a training run.")
+    """The command; a usage error exits (SystemExit, status 2) rather than returning."""
+    parser = config_lib.command_parser(
+        "python -m jaxcolor.plot", "PNG figures of a training run.",
+        epilog="Any --config.data.KEY=VALUE overrides that field of the run's config for the "
+               "example figures, e.g. --config.data.path=DIR.")
     parser.add_argument("--workdir", required=True, help="the training run's directory")
     parser.add_argument("--out", default=None, help="output folder (default: RUN/plots)")
     parser.add_argument("--num_images", type=int, default=6,
                         help="validation images in the example figures (0: none, no model)")
     parser.add_argument("--step", type=int, default=None,
                         help="checkpoint for the examples (default: the best)")
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    bad = [r for r in rest if not r.startswith("--data.")]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args, overrides = config_lib.parse_with_overrides(
+        parser, sys.argv[1:] if argv is None else argv, legacy_sections=OVERRIDABLE)
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
-        paths = make_plots(args.workdir, args.out, args.num_images, args.step, rest)
+        if overrides:  # checked against the saved config first: one line naming the flag
+            from jaxcolor import runs
+
+            config_lib.apply_config_overrides(runs.read_config(args.workdir), overrides,
+                                              OVERRIDABLE)
+        paths = make_plots(args.workdir, args.out, args.num_images, args.step, dict(overrides))
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        config_lib.usage_error(exc)
     for path in paths:
         print(f"wrote {path}")
     return 0

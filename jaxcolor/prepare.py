@@ -23,11 +23,13 @@ shard in its errors and suggests exactly this rerun with --verify (`jaxcolor.dat
     python -m jaxcolor.prepare shards --source folder:/data/img_align_celeba --out /data/shards \\
         --crop 150 --size 128 --workers 2
     python -m jaxcolor.prepare tfds-convert --name celeb_a --data_dir ~/tensorflow_datasets
+
+Exit status: 0 done; 2 a usage error (no or an unknown subcommand, a bad flag, a source that is
+not what it says, a package the subcommand needs), one line naming it.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -37,14 +39,15 @@ import sys
 import time
 from collections.abc import Callable
 
+from jaxcolor import config as config_lib
 from jaxcolor.data import shards, sources, transforms
 
 # ----------------------------------------------------------------------------- shards
 
 
 def _parse_shards_args(argv):
-    p = argparse.ArgumentParser(prog="python -m jaxcolor.prepare shards",
-                                description="Write ArrayRecord shards of cropped, resized images.")
+    p = config_lib.command_parser("python -m jaxcolor.prepare shards",
+                                  "Write ArrayRecord shards of cropped, resized images.")
     p.add_argument("--source", required=True, help="folder:PATH, an image folder (recursive)")
     p.add_argument("--out", required=True, help="output directory (resumes if it exists)")
     p.add_argument("--crop", type=int, required=True,
@@ -67,7 +70,7 @@ def _parse_shards_args(argv):
 def _folder_of(source: str) -> str:
     kind, _, path = source.partition(":")
     if kind != "folder" or not path:
-        raise SystemExit(f"--source {source!r}: expected folder:PATH")
+        raise ValueError(f"--source {source!r}: expected folder:PATH")
     return path
 
 
@@ -281,11 +284,10 @@ def tfds_convert_main(argv) -> int:
     """TFDS's own converter (`tfds convert_format`), pointed at one dataset. It needs tensorflow
     (to read the TFRecords) and apache-beam (which the converter imports) for this one step;
     training then needs neither."""
-    p = argparse.ArgumentParser(
-        prog="python -m jaxcolor.prepare tfds-convert",
-        description="Convert a prepared TFDS dataset from TFRecord to ArrayRecord. Same as: "
-                    "tfds convert_format --dataset_dir DATA_DIR/NAME --out_file_format "
-                    "array_record [--out_dir OUT]")
+    p = config_lib.command_parser(
+        "python -m jaxcolor.prepare tfds-convert",
+        "Convert a prepared TFDS dataset from TFRecord to ArrayRecord. Same as: tfds "
+        "convert_format --dataset_dir DATA_DIR/NAME --out_file_format array_record [--out_dir OUT]")
     p.add_argument("--name", required=True, help="dataset name, e.g. celeb_a")
     p.add_argument("--data_dir", required=True, help="TFDS data_dir holding DATA_DIR/NAME")
     p.add_argument("--out_dir", default=None, help="default: beside the TFRecord files")
@@ -294,15 +296,16 @@ def tfds_convert_main(argv) -> int:
     try:
         from tensorflow_datasets.scripts.cli import convert_format_utils
     except ImportError as exc:
-        raise SystemExit(
+        config_lib.usage_error(
             f"tfds-convert runs TFDS's converter, which needs tensorflow-datasets, tensorflow "
             f"(to read TFRecords) and apache-beam (imported by the converter even when it runs "
             f"without Beam): pip install tensorflow-datasets tensorflow-cpu apache-beam. "
-            f"Missing: {exc}") from exc
+            f"Missing: {exc}")
     dataset_dir = os.path.join(os.path.expanduser(args.data_dir), args.name)
     if not os.path.isdir(dataset_dir):
-        raise SystemExit(f"--data_dir/--name: {dataset_dir!r} is not a directory; expected a "
-                         "prepared TFDS dataset there (NAME/VERSION/dataset_info.json)")
+        raise FileNotFoundError(f"--data_dir/--name: {dataset_dir!r} is not a directory; "
+                                "expected a prepared TFDS dataset there "
+                                "(NAME/VERSION/dataset_info.json)")
     convert_format_utils.convert_dataset(
         out_dir=args.out_dir, out_file_format="array_record", dataset_dir=dataset_dir,
         num_workers=args.workers)
@@ -326,16 +329,19 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 
 
 def main(argv=None) -> int:
+    """The command; a usage error exits (SystemExit, status 2) rather than returning."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(__doc__, file=sys.stderr)
-        print(f"expected a subcommand: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
+        got = f"{argv[0]!r}" if argv else "nothing"
+        config_lib.usage_error(f"expected a subcommand, one of {', '.join(COMMANDS)}, got {got} "
+                               "(see python -m jaxcolor.prepare --help)")
     try:
         return COMMANDS[argv[0]](argv[1:]) or 0
     except (FileNotFoundError, ValueError) as exc:  # a source or option that is not what it says
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        config_lib.usage_error(exc)
 
 
 if __name__ == "__main__":

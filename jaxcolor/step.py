@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from jaxcolor import color, metrics
+from jaxcolor import color, losses, metrics
 
 
 class TrainState(train_state.TrainState):
@@ -108,6 +108,7 @@ def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None 
     update (the simultaneous update of GAN training): `metrics['<name>_loss']`.
     """
     del rng  # the models are deterministic; kept so stochastic models need no new signature
+    objective = losses.as_objective(loss_fn)
 
     def loss_of(params):
         pred, updates = state.apply_fn(
@@ -116,14 +117,17 @@ def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None 
             train=True,
             mutable=["batch_stats"],
         )
-        loss = loss_fn(pred, batch["ab"])
-        terms = {}
+        loss, parts = objective(pred, batch, train=True)
+        terms = {f"loss_{name}": value for name, value in parts.items()}
         for name, c in companions.items():
             if c.colorizer_loss is not None:
                 out, _ = _apply_companion(state.companions[name], c, batch, decode(pred))
-                terms[name] = c.colorizer_loss(out, batch)
-        total = loss + sum(terms.values()) if terms else loss
-        return total, (pred, updates["batch_stats"], terms)
+                term = c.colorizer_loss(out, batch)
+                if c.term_starts:
+                    term = jnp.where(state.step >= c.term_starts, term, 0.0)
+                terms[f"{name}_term"] = term
+                loss = loss + term
+        return loss, (pred, updates["batch_stats"], terms)
 
     (loss, (pred, batch_stats, terms)), grads = jax.value_and_grad(loss_of, has_aux=True)(
         state.params)
@@ -133,22 +137,38 @@ def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None 
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     metrics = {"loss": loss, "ab_mae": ab_mae * color.AB_SCALE, "grad_norm": grad_norm}
-    for name, term in terms.items():
-        metrics[f"{name}_term"] = _mean(term, axis_name)
+    for name, term in terms.items():  # loss_<term> of the objective, <companion>_term
+        metrics[name] = _mean(term, axis_name)
     companion_states = {}
     ab_seen = jax.lax.stop_gradient(decode(pred))
     for name, c in companions.items():
-        companion_states[name], c_loss, c_norm = _companion_update(
-            state.companions[name], c, batch, ab_seen, axis_name)
+        old = state.companions[name]
+        new, c_loss, c_metrics, c_norm = _companion_update(old, c, batch, ab_seen, axis_name)
+        if c.starts:  # NoGAN: the companion waits for the colorizer's first steps
+            new = _select(state.step >= c.starts, new, old)
+        companion_states[name] = new
         metrics[f"{name}_loss"] = c_loss
+        metrics.update({f"{name}_{k}": v for k, v in c_metrics.items()})
         finite = finite & jnp.isfinite(c_loss) & jnp.isfinite(c_norm)
     metrics["finite"] = finite
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    held = [(c.starts, c.term_starts) for c in companions.values() if c.term_starts > c.starts]
+    if held:  # NoGAN's critic-only steps: the colorizer keeps its parameters and optimizer
+        frozen = functools.reduce(jnp.logical_or, [(state.step >= a) & (state.step < b)
+                                                   for a, b in held])
+        new_state = new_state.replace(**{
+            k: _select(frozen, getattr(state, k), getattr(new_state, k))
+            for k in ("params", "opt_state", "batch_stats")})
     if companions:
         new_state = new_state.replace(companions=companion_states)
     if skip_nonfinite:
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        new_state = _select(finite, new_state, state)
     return new_state, metrics
+
+
+def _select(pred, new, old):
+    """`new` where the scalar `pred` holds, else `old`, leaf by leaf, on device (one program)."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
 def _apply_companion(c_state, companion, batch, ab_pred, params=None):
@@ -161,16 +181,18 @@ def _apply_companion(c_state, companion, batch, ab_pred, params=None):
 
 
 def _companion_update(c_state, companion, batch, ab_pred, axis_name):
-    """One step of a companion's own optimizer: (new state, loss, gradient norm)."""
+    """One step of a companion's own optimizer: (new state, loss, its metrics, gradient norm)."""
 
     def loss_of(params):
         out, batch_stats = _apply_companion(c_state, companion, batch, ab_pred, params)
-        return companion.loss(out, batch), batch_stats
+        loss, metrics = companion.loss(out, batch)
+        return loss, (batch_stats, metrics)
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(c_state.params)
+    (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        c_state.params)
     grads = _mean(grads, axis_name)
     new = c_state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    return new, _mean(loss, axis_name), optax.global_norm(grads)
+    return new, _mean(loss, axis_name), _mean(metrics, axis_name), optax.global_norm(grads)
 
 
 def eval_step(state: TrainState, batch, *, loss_fn, axis_name: str | None = None,
@@ -192,7 +214,7 @@ def eval_step(state: TrainState, batch, *, loss_fn, axis_name: str | None = None
     gray = metrics.ab_sums(ab_true, jnp.zeros_like(ab_true), w)
     sums = {
         "count": model["count"],
-        "loss": loss_fn(out, batch["ab"], w) * w.sum(),
+        "loss": losses.as_objective(loss_fn)(out, batch, w)[0] * w.sum(),
         "ab_abs": model["ab_abs"],
         "ab_sq": model["ab_sq"],
         "gray_ab_abs": gray["ab_abs"],

@@ -11,7 +11,7 @@ seeds, with the number of seeds and the training time.
     seeds:          [0, 1, 2]
     overrides:      {field: value}  # applied to every cell first (optional)
     split:          "test"          # evaluation split: validation | test | train | a spec
-    eval_overrides: {"data.eval_examples": 256}  # `--data.*` overrides of the evaluation
+    eval_overrides: {"data.eval_examples": 256}  # evaluate's `--config.data.*` overrides
     metrics:        ["ab_mae", "psnr", "ssim", "auc"]  # keys of `jaxcolor.evaluate`'s results
 
 Layout of `--workdir`: `cells/<cell>/seed_<s>/` is each member's training workdir (its
@@ -44,6 +44,7 @@ import time
 
 import numpy as np
 
+from jaxcolor import config as config_lib
 from jaxcolor import run_record
 
 EXIT_INTERRUPTED = run_record.EXIT_INTERRUPTED
@@ -380,8 +381,10 @@ def write_summary(study: dict, members: list[Member], root: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxcolor.study", description=__doc__.split(
-        "\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command: 0, 1 (a member failed) or 75 (stopped); a usage error (the study file)
+    exits (SystemExit, status 2) rather than returning."""
+    parser = config_lib.command_parser("python -m jaxcolor.study", __doc__.split("\n\n")[1],
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", help="STUDY.py defining get_study()")
     parser.add_argument("--workdir", required=True, help="the study's directory")
     parser.add_argument("--parallel", type=int, default=1, help="members trained at once")
@@ -389,8 +392,7 @@ def main(argv=None) -> int:
     try:
         study = load_study(args.study)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        config_lib.usage_error(exc)
     runner = Runner(study, args.workdir, args.parallel, echo=lambda s: print(s, flush=True))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, runner.stop)

@@ -35,13 +35,6 @@ EXIT_CONFIG_CHANGED = EXIT_USAGE  # the workdir holds a run with another config,
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 
 
-def _exit_with(error, status: int):
-    """One line on stderr, then exit: flushed first, so nothing printed at exit follows it."""
-    sys.stdout.flush()
-    print(f"error: {error}", file=sys.stderr, flush=True)
-    sys.exit(status)
-
-
 def _override_error(exc: Exception, argv) -> str:
     """ml_collections' message for a bad `--config.FIELD` (with its "did you mean"), one line."""
     text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
@@ -58,7 +51,7 @@ try:  # ml_collections defines one flag per `--config.FIELD` of sys.argv here, a
 except (AttributeError, KeyError) as _exc:
     if __name__ != "__main__":
         raise
-    _exit_with(_override_error(_exc, sys.argv), EXIT_USAGE)
+    config_lib.usage_error(_override_error(_exc, sys.argv))
 flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, logs and images go.")
 flags.DEFINE_string("coordinator", "", "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
@@ -70,14 +63,15 @@ flags.DEFINE_bool("allow_config_change", False,
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        config_lib.usage_error(f"unexpected arguments {' '.join(argv[1:])}: train takes flags "
+                               "only (--config FILE --workdir DIR --config.FIELD=VALUE ...)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and grain are chatty at INFO
     _quiet_disk_full()
     try:
         config_lib.validate(FLAGS.config)  # before the cluster forms: every process says it
     except config_lib.ConfigError as exc:
-        _exit_with(exc, EXIT_USAGE)
+        config_lib.usage_error(exc)
     parallel.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     try:
         summary = train_and_evaluate(
@@ -85,18 +79,18 @@ def main(argv):
             command=[sys.executable, "-m", "jaxcolor.train", *sys.argv[1:]])
     except (run_record.ConfigChangedError, run_record.WorkdirBusyError,
             config_lib.ConfigError) as exc:
-        _exit_with(exc, EXIT_USAGE)
+        config_lib.usage_error(exc)
     except (checkpoint.CheckpointWriteError, pipeline.NothingEvaluatedError, NonFiniteError) as exc:
-        _exit_with(exc, 1)
+        config_lib.exit_with(exc, 1)
     except (FileNotFoundError, ValueError) as exc:  # data that is not what the config says
-        _exit_with(exc, EXIT_USAGE)
+        config_lib.usage_error(exc)
     except OSError as exc:
         if not _is_disk_full(exc):
             raise
         last = checkpoint.last_complete_step(os.path.join(FLAGS.workdir, "checkpoints"))
-        _exit_with(f"no space left on {checkpoint.mount_point(FLAGS.workdir)} while writing "
-                   f"{exc.filename or 'to ' + FLAGS.workdir}; the last complete checkpoint is "
-                   f"{'none' if last is None else last}", 1)
+        config_lib.exit_with(f"no space left on {checkpoint.mount_point(FLAGS.workdir)} while "
+                             f"writing {exc.filename or 'to ' + FLAGS.workdir}; the last complete "
+                             f"checkpoint is {'none' if last is None else last}", 1)
     if summary.get("interrupted"):
         sys.exit(EXIT_INTERRUPTED)
 
@@ -134,9 +128,9 @@ def parse_flags(argv):
     try:
         return FLAGS(argv)
     except flags.Error as exc:
-        _exit_with(exc, EXIT_USAGE)
+        config_lib.usage_error(exc)
     except (AttributeError, KeyError) as exc:
-        _exit_with(_override_error(exc, argv), EXIT_USAGE)
+        config_lib.usage_error(_override_error(exc, argv))
 
 
 if __name__ == "__main__":

@@ -78,7 +78,11 @@ def picture_folder(folder, sizes: dict) -> None:
 
 
 def run(*argv):
-    return colorize.main([str(a) for a in argv] + ["--workdir", "unused-run"])
+    """colorize.main's exit status: its return value, or a usage error's SystemExit code."""
+    try:
+        return colorize.main([str(a) for a in argv] + ["--workdir", "unused-run"])
+    except SystemExit as exc:
+        return exc.code
 
 
 def size_of(path):

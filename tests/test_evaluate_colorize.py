@@ -148,6 +148,22 @@ def test_evaluate_over_two_devices_matches_one(run_dir):
     assert done.returncode == 0 and "OK" in done.stdout, done.stdout + done.stderr[-3000:]
 
 
+def test_ab_scale_zero_is_the_gray_baseline_and_above_one_is_more_colorful(run_dir):
+    """`--ab_scale`: the scaled-prediction line of a colorfulness comparison. x 0 must score
+    exactly as the gray baseline (every metric), x 3 must be more colorful than x 1."""
+    from jaxcolor import evaluate
+
+    plain = evaluate.evaluate(run_dir, write=False)
+    zero = evaluate.evaluate(run_dir, write=False, ab_scale=0.0)
+    vivid = evaluate.evaluate(run_dir, write=False, ab_scale=3.0)
+    for key, value in zero["gray"].items():
+        assert zero["model"][key] == pytest.approx(value, rel=1e-6, nan_ok=True), key
+    assert plain["model"]["ab_mae"] != pytest.approx(zero["model"]["ab_mae"], rel=1e-3)
+    assert vivid["model"]["colorfulness_ratio"] > 1.5 * plain["model"]["colorfulness_ratio"]
+    assert vivid["ab_scale"] == 3.0 and plain["ab_scale"] == 1.0
+    assert evaluate.result_path(run_dir, "validation", 6, None, 3.0).endswith("_x3.json")
+
+
 # --- colorize ---------------------------------------------------------------------------------
 
 
@@ -255,4 +271,6 @@ def test_plot_writes_its_pngs(run_dir, tmp_path):
     for name in (plot.LOSS_PNG, plot.VAL_PNG, plot.EXAMPLES_PNG, plot.AB_PNG):
         with Image.open(tmp_path / name) as img:
             assert img.format == "PNG" and min(img.size) > 100, name
-    assert plot.main(["--workdir", str(tmp_path / "nowhere")]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main(["--workdir", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2

@@ -146,7 +146,7 @@ def test_evaluate_counts_skipped_files_and_refuses_zero(folder_run, tmp_path, ca
     for path in sorted(glob.glob(os.path.join(partly, "*")))[6:8]:
         open(path, "wb").close()
     out = str(tmp_path / "partly.json")
-    assert evaluate.main(["--workdir", workdir, f"--data.path={partly}", "--out", out]) == 0
+    assert evaluate.main(["--workdir", workdir, f"--config.data.path={partly}", "--out", out]) == 0
     assert "4 images of split validation ([50%:]), 2 unreadable ones skipped," in \
         capsys.readouterr().out
     result = json.load(open(out))
@@ -158,7 +158,7 @@ def test_evaluate_counts_skipped_files_and_refuses_zero(folder_run, tmp_path, ca
     for path in sorted(glob.glob(os.path.join(broken, "*")))[6:]:
         open(path, "wb").close()
     capsys.readouterr()
-    assert evaluate.main(["--workdir", workdir, f"--data.path={broken}"]) == 1
+    assert evaluate.main(["--workdir", workdir, f"--config.data.path={broken}"]) == 1
     err = capsys.readouterr().err
     assert "none of its 6 images could be read" in err
     assert open(record_path).read() == before  # the earlier real record is untouched
@@ -239,7 +239,9 @@ def test_evaluate_prints_before_writing_and_out_chooses_the_file(folder_run, tmp
     out = str(tmp_path / "elsewhere.json")
     assert evaluate.main(["--workdir", workdir, "--step", "3", "--out", out]) == 0
     assert json.load(open(out))["step"] == 3
-    assert evaluate.main(["--workdir", workdir, "--out", str(tmp_path)]) == 2  # a folder
+    with pytest.raises(SystemExit) as exit_info:  # a folder: a usage error
+        evaluate.main(["--workdir", workdir, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
 
 
 # --- 10, 11. configs checked before anything is written or compiled -------------------------------
@@ -435,9 +437,11 @@ def test_prepare_on_an_empty_folder_is_one_line_exit_2(tmp_path, capsys):
     from jaxcolor import prepare
 
     (tmp_path / "empty").mkdir()
-    assert prepare.main(["shards", "--source", f"folder:{tmp_path / 'empty'}", "--out",
-                         str(tmp_path / "out"), "--crop", "0", "--size", "16", "--workers", "0",
-                         "--quiet"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main(["shards", "--source", f"folder:{tmp_path / 'empty'}", "--out",
+                      str(tmp_path / "out"), "--crop", "0", "--size", "16", "--workers", "0",
+                      "--quiet"])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: config.data.path=") and "no images" in err[0]
     assert not (tmp_path / "out" / "manifest.json").exists()

@@ -307,3 +307,28 @@ def test_a_split_with_no_image_scores_nan_never_zero():
     scores = metrics.summarize(metrics.batch_sums_jit(l, ab, ab, w.astype(np.float32)))
     assert scores["count"] == 0
     assert all(math.isnan(v) for k, v in scores.items() if k != "count"), scores
+
+
+def test_wrong_hue_share_by_hand():
+    """Four pixels per image: a hue 180 degrees off (wrong), 60 degrees off (right), one too
+    gray in the prediction (not counted) and 100 degrees off (wrong); the padded row holds only
+    wrong hues and must not count. Pooled: 2 wrong of 3 eligible."""
+    ab_true = np.array([[40.0, 0.0], [40.0, 0.0], [40.0, 0.0], [30.0, 10.0]], np.float32)
+    ab_pred = np.array([[-40.0, 0.0], [20.0, 34.64], [5.0, 5.0],
+                        [30.0 * np.cos(np.radians(118.4)), 30.0 * np.sin(np.radians(118.4))]],
+                       np.float32)
+    assert np.degrees(np.arctan2(ab_pred[3, 1], ab_pred[3, 0]) - np.arctan2(10, 30)) > 90
+    def image(pixels):  # 2x2 pixels, each a 4x4 block: 8x8, enough for SSIM's 7x7 window
+        return np.repeat(np.repeat(pixels.reshape(2, 2, 2), 4, axis=0), 4, axis=1)
+
+    ab_true = np.stack([image(ab_true), image(ab_true)])
+    ab_pred = np.stack([image(ab_pred), -ab_true[0]])
+    l = np.full((2, 8, 8, 1), 50.0, np.float32)
+    weight = np.array([1.0, 0.0], np.float32)
+    wrong, eligible = metrics.wrong_hue_pixels(jnp.asarray(ab_pred), jnp.asarray(ab_true))
+    assert np.asarray(wrong[0]).sum() == 2 * 16 and np.asarray(eligible[0]).sum() == 3 * 16
+    sums = metrics.batch_sums(l, ab_true, ab_pred, weight)
+    assert float(sums["hue_wrong"]) == 32 and float(sums["hue_eligible"]) == 48
+    assert metrics.summarize(sums)["wrong_hue"] == pytest.approx(2 / 3)
+    gray = metrics.summarize(metrics.batch_sums(l, ab_true, np.zeros_like(ab_pred), weight))
+    assert math.isnan(gray["wrong_hue"])  # nothing colored in the prediction: no share to give

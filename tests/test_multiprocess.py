@@ -56,7 +56,7 @@ STEPS = ["--config.num_steps=120", "--config.eval_every=120", "--config.checkpoi
 def two_processes(tmp_path_factory):
     """An uninterrupted run of 2 processes x 2 devices (the reference of the tests below)."""
     workdir = tmp_path_factory.mktemp("two")
-    done = _launch(["local-multiprocess", "2", "--cpu-devices", "2", "--workdir", str(workdir),
+    done = _launch(["local-multiprocess", "2", "--cpu_devices", "2", "--workdir", str(workdir),
                     *TINY, *STEPS])
     return workdir, done
 
@@ -97,7 +97,7 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(two_process
     processes checkpoint the same step and exit 75 (so does launch.sh), and the resumed run ends
     bitwise where the uninterrupted one did."""
     workdir = str(tmp_path / "run")
-    cmd = ["bash", "launch.sh", "local-multiprocess", "2", "--cpu-devices", "2",
+    cmd = ["bash", "launch.sh", "local-multiprocess", "2", "--cpu_devices", "2",
            "--workdir", workdir, *TINY, *STEPS]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(2), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

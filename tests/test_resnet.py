@@ -458,11 +458,11 @@ def test_port_command_round_trip(tmp_path):
         sys.executable,
         "-m",
         "jaxcolor.port",
-        "--keras-h5",
+        "--keras_h5",
         str(h5),
         "--out",
         str(out),
-        "--include-top",
+        "--include_top",
     ]
     result = subprocess.run(
         command, check=False, env=env, cwd=REPO, capture_output=True, text=True, timeout=120

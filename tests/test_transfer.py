@@ -23,7 +23,7 @@ def plausible_layers():
 def test_port_then_train_seed_resnet50_keeps_frozen_layers(tmp_path):
     layers = plausible_layers()
     h5 = write_legacy_h5(str(tmp_path / "notop.h5"), layers)
-    port = subprocess.run([sys.executable, "-m", "jaxcolor.port", "--keras-h5", h5,
+    port = subprocess.run([sys.executable, "-m", "jaxcolor.port", "--keras_h5", h5,
                            "--out", str(tmp_path / "ported")], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert port.returncode == 0, port.stderr[-2000:]

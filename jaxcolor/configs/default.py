@@ -21,9 +21,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.path = ""
     c.data.name = ""  # tfds source: the TFDS dataset name, e.g. celeb_a
     c.data.data_dir = ""  # tfds source: TFDS data_dir holding it prepared in ArrayRecord format
+    # TFDS-style split strings: a name (train, validation or val, test), a slice, or both
+    # (`val[:50%]`); in a folder with train/, val/ (or validation/), test/ subfolders a name reads
+    # its subfolder (docs/data.md)
     c.data.train_split = "train"
     c.data.val_split = "validation"
     c.data.test_split = "test"
+    # folder source: drop training photos whose Hasler-Suesstrunk colorfulness (0-255 RGB) is
+    # below this (grayscale ones have 0; BigColor uses 15), counted in the log; evaluation splits
+    # are never filtered. 0 = off
+    c.data.min_colorfulness = 0.0
     c.data.crop = 0  # center crop-or-pad side before resizing; 0 = largest centered square
     c.data.image_size = 64
     c.data.rotate_degrees = 15.0
@@ -51,6 +58,18 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "reference"  # reference | l1 | mse | huber | classification
+    # Weighted terms, used instead of `name` when any weight is > 0 (jaxcolor/losses.py), e.g.
+    # --config.loss.terms.classification=1 --config.loss.terms.l1=10 (CT2's recipe). Regression
+    # terms train the two tanh channels; classification the Q logits (both heads when both are
+    # set); colorfulness and perceptual the decoded ab; adversarial is the discriminator's.
+    c.loss.terms = ml_collections.ConfigDict(
+        {t: 0.0 for t in ("reference", "l1", "mse", "huber", "classification", "colorfulness",
+                          "perceptual", "adversarial")})
+    c.loss.decode = "regression"  # with both heads: the one inference decodes
+    c.loss.target_saturation = 1.0  # training targets' ab x this, kept in gamut (DDColor: 1.2)
+    # perceptual term: Keras' vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 and its taps
+    c.loss.vgg16_weights = ""
+    c.loss.perceptual_layers = "relu1_2,relu2_2,relu3_3,relu4_3,relu5_3"
     # classification over ab bins (Zhang et al. 2016; see jaxcolor/ab_bins.py, jaxcolor/ab_prior.py)
     c.loss.grid = 10.0  # ab bin size; the bins are those of this grid that sRGB colors reach
     c.loss.bins = ""  # or a .npy of (Q, 2) bin centers in LAB units (e.g. Zhang et al.'s 313)
@@ -77,6 +96,22 @@ def get_config() -> ml_collections.ConfigDict:
     c.probe = ml_collections.ConfigDict()
     c.probe.enabled = False
     c.probe.learning_rate = 1e-2
+
+    # The discriminator of the adversarial term (loss.terms.adversarial > 0): a conditional
+    # PatchGAN on (L, ab) (jaxcolor/models/discriminator.py) with its own optimizer. NoGAN
+    # (DeOldify): `generator_steps` of the colorizer alone, then `discriminator_steps` of the
+    # discriminator alone, then both; 0 and 0 = both from the first step.
+    c.discriminator = ml_collections.ConfigDict()
+    c.discriminator.width = 32
+    c.discriminator.layers = 3
+    c.discriminator.spectral_norm = True
+    c.discriminator.loss = "hinge"  # hinge | lsgan
+    c.discriminator.optimizer = "adam"  # adam | sgd
+    c.discriminator.learning_rate = 2e-4
+    c.discriminator.b1 = 0.5
+    c.discriminator.b2 = 0.999
+    c.discriminator.generator_steps = 0
+    c.discriminator.discriminator_steps = 0
 
     c.batch_size = 32  # global, over all devices and processes
     c.num_steps = 200

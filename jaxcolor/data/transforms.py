@@ -13,17 +13,24 @@ import math
 import numpy as np
 from PIL import Image, ImageOps
 
-from jaxcolor import color
+from jaxcolor import color, images
 from jaxcolor.data import shards, sources
 
 BAD = "bad"  # key of the marker record that replaces an undecodable file
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB: alpha composited on white, 16-bit and float rescaled."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    """Any PIL mode to 8-bit RGB: alpha composited on white, 16-bit and float rescaled.
+
+    16-bit modes (I;16*) follow the array rule, `jaxcolor.images.rgb_uint8`: / 65535, whatever
+    the content. The 32-bit modes I and F do not say what range their values stand for (a
+    16-bit file can open as I, a float TIFF holds 0..1 or 0..255), so for them the content has
+    to decide: / 65535 if a value is over 255, else / 255."""
+    if img.mode.startswith("I;16"):
+        img = Image.fromarray(images.rgb_uint8(np.asarray(img, dtype=np.uint16)))
+    elif img.mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        hi = 65535.0 if arr.max() > 255 else 255.0
         img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -155,30 +162,13 @@ def load_example(record: dict, rng: np.random.Generator, cfg, train: bool) -> di
         elif prepared:
             rgb = shards.load(record)
         elif "tfds" in record:
-            rgb = image_array_to_rgb(sources.tfds_load(record))
+            rgb = images.rgb_uint8(sources.tfds_load(record))  # the one array rule
         else:
             rgb = decode(record["path"])
     except Exception as exc:  # noqa: BLE001 - any undecodable file is skipped and counted
         where = record.get("path") or f"{record.get('tfds')}[{record.get('index')}]"
         return {BAD: where, "error": f"{type(exc).__name__}: {exc}"}
     return transform_rgb(rgb, rng, cfg, train, prepared=prepared)
-
-
-def image_array_to_rgb(image: np.ndarray) -> np.ndarray:
-    """A decoded (H, W), (H, W, 1|3|4) image array (TFDS features) -> (H, W, 3) uint8."""
-    if image.ndim == 3 and image.shape[-1] == 3 and image.dtype == np.uint8:
-        return image
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    if image.dtype != np.uint8:
-        hi = 65535.0 if image.max() > 255 else 255.0
-        image = np.clip(image.astype(np.float64) / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    mode = {2: "L", 3: "RGB"}.get(image.ndim) if image.ndim == 2 or image.shape[-1] == 3 else None
-    if image.ndim == 3 and image.shape[-1] == 4:
-        mode = "RGBA"
-    if mode is None:
-        raise ValueError(f"image array of shape {image.shape}: expected (H, W) or (H, W, 1|3|4)")
-    return np.asarray(to_rgb(Image.fromarray(image, mode)))
 
 
 AUGMENT_ON = ("host", "device")

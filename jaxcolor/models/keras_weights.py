@@ -6,7 +6,9 @@ attribute `layer_names` lists the layers, each layer group's attribute `weight_n
 weights, and a weight lives at `<layer group>/<weight name>`. Keras 2 wrote weight names such as
 `conv1_conv/kernel:0`; Keras 3's legacy writer drops the `:0`. Following those attributes instead
 of guessing paths reads both, and ignores whatever else a writer adds (Keras 3 adds a
-`top_level_model_weights` group that is not a layer).
+`top_level_model_weights` group that is not a layer). Keras 1 wrote `<layer>_W_1:0` and
+`<layer>_b_1:0` straight into the layer group; the VGG16 ImageNet files
+(`jaxcolor.models.vgg16`) are in that layout, and those names read as `kernel` and `bias`.
 
 Every tensor is checked against the tree the Flax model expects, because a silently skipped or
 misplaced tensor would give a network that runs but computes nonsense.
@@ -15,6 +17,7 @@ misplaced tensor would give a network that runs but computes nonsense.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -67,9 +70,19 @@ def _string_list_attr(group, name: str) -> list[str]:
     return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _short_weight_name(weight_name: str) -> str:
-    """`conv1_conv/kernel:0` or `conv1_conv/kernel` -> `kernel`."""
-    return weight_name.rsplit("/", 1)[-1].split(":", 1)[0]
+# Keras 1's names for a Conv2D's or Dense's weights (`block1_conv1_W_1` -> kernel).
+KERAS1_WEIGHTS = {"W": "kernel", "b": "bias"}
+
+
+def _short_weight_name(weight_name: str, layer: str | None = None) -> str:
+    """`conv1_conv/kernel:0` or `conv1_conv/kernel` -> `kernel`; with the layer's name also
+    Keras 1's `block1_conv1_W_1:0` -> `kernel` and `block1_conv1_b_1:0` -> `bias`."""
+    short = weight_name.rsplit("/", 1)[-1].split(":", 1)[0]
+    if layer is not None:
+        keras1 = re.fullmatch(re.escape(layer) + r"_(W|b)(?:_\d+)?", short)
+        if keras1:
+            return KERAS1_WEIGHTS[keras1.group(1)]
+    return short
 
 
 def read_keras_h5(path) -> dict[str, dict[str, np.ndarray]]:
@@ -93,7 +106,7 @@ def read_keras_h5(path) -> dict[str, dict[str, np.ndarray]]:
             group = root[layer]
             weights = {}
             for weight_name in _string_list_attr(group, "weight_names"):
-                short = _short_weight_name(weight_name)
+                short = _short_weight_name(weight_name, layer)
                 if short in weights:
                     raise ValueError(f"{path}: layer {layer!r} has weight {short!r} twice")
                 if weight_name not in group:
