@@ -201,6 +201,8 @@ class _MetricRows:
         self.manager, self.progress = manager, progress
         self.skip_nonfinite = bool(config.get("skip_nonfinite", False))
         self.skipped_at_prepare = pipeline.skipped_at_prepare(config.data)  # shards, else None
+        # folder source with data.min_colorfulness: training photos left out as (near) gray
+        self.dropped_gray = pipeline.dropped_for_colorfulness(config.data)
         self.pending: list[tuple[int, dict]] = []
         self.last_time, self.last_step = time.perf_counter(), loop.step
 
@@ -231,6 +233,8 @@ class _MetricRows:
         row["skipped_files"] = loop.skipped_files
         if self.skipped_at_prepare is not None:
             row["skipped_files_at_prepare"] = self.skipped_at_prepare
+        if self.dropped_gray is not None:
+            row["dropped_gray_files"] = self.dropped_gray
         if self.skip_nonfinite:
             row["skipped_updates"] = loop.skipped_updates
         self.logbook.write(step, row)

@@ -92,12 +92,17 @@ def test_smoothing_is_a_gaussian_over_the_ab_plane():
     np.testing.assert_allclose(ab_bins.smooth_prior([1.0, 3.0, 0.0], centers, 0.0), [0.25, 0.75, 0])
 
 
+def on_target(objective):
+    """The run's objective as a plain `loss(pred, target_ab, weight)` (its total)."""
+    return lambda out, target, weight=None: objective(out, {"ab": target}, weight)[0]
+
+
 def test_classification_loss_rewards_the_right_bins_and_ignores_padding():
     c = get_config()
     c.loss.name = "classification"
     q = losses.head(c.loss)["output_channels"]
     assert q == GAMUT_BINS_10
-    loss = jax.jit(losses.make_loss(c.loss, np.ones(q)))
+    loss = jax.jit(on_target(losses.make_loss(c.loss, np.ones(q))))
     target = jnp.stack([jnp.full((4, 4, 2), 0.3), jnp.full((4, 4, 2), -0.2)])  # ab/128
     uniform = jnp.zeros((2, 4, 4, q))
     assert float(loss(uniform, target)) == pytest.approx(np.log(q), rel=1e-5)
@@ -126,7 +131,7 @@ def test_reduced_resolution_head_and_decoding():
     assert out.shape == (2, 4, 4, GAMUT_BINS_10)
     logits = jax.random.normal(jax.random.key(1), out.shape)
     assert losses.make_decode(c.loss)(logits).shape == (2, 16, 16, 2)
-    loss = losses.make_loss(c.loss, np.ones(GAMUT_BINS_10))
+    loss = on_target(losses.make_loss(c.loss, np.ones(GAMUT_BINS_10)))
     assert np.isfinite(float(loss(logits, jnp.zeros((2, 16, 16, 2)))))
     c.loss.name = "l1"
     with pytest.raises(ValueError, match="output_stride"):

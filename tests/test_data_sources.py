@@ -4,6 +4,7 @@ import functools
 import io
 import json
 import os
+import re
 import threading
 import time
 
@@ -293,9 +294,13 @@ def test_windowed_rotation_equals_rotate_then_crop():
 
 def test_prepare_dispatch_table(tmp_path, capsys):
     assert set(prepare.COMMANDS) >= {"shards", "tfds-convert"}
-    assert prepare.main([]) == 2 and "expected a subcommand" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="not a directory|apache-beam|tensorflow"):
-        prepare.main(["tfds-convert", "--name", "none", "--data_dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="folder:PATH"):
-        prepare.main(["shards", "--source", str(tmp_path), "--out", str(tmp_path / "o"),
-                      "--crop", "0", "--size", "8"])
+    for argv, expected in (
+            ([], "expected a subcommand"),
+            (["tfds-convert", "--name", "none", "--data_dir", str(tmp_path)],
+             "not a directory|apache-beam|tensorflow"),
+            (["shards", "--source", str(tmp_path), "--out", str(tmp_path / "o"), "--crop", "0",
+              "--size", "8"], "folder:PATH")):
+        with pytest.raises(SystemExit) as exit_info:  # usage errors: one line, exit status 2
+            prepare.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and re.search(expected, err[0]), err

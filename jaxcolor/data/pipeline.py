@@ -113,6 +113,17 @@ def skipped_at_prepare(data_config) -> int | None:
     return int(shards.read_manifest(data_config.path)["skipped_count"])
 
 
+def dropped_for_colorfulness(data_config) -> int | None:
+    """Training images that config.data.min_colorfulness leaves out (`sources.colorful_records`),
+    for the metrics rows as `skipped_at_prepare`; None when the filter is off. Cheap after the
+    training stream was listed: the measurements are kept for the process."""
+    if not sources.filters_colorfulness(data_config, data_config.train_split):
+        return None
+    every = sources.folder_records(data_config.path, data_config.train_split)
+    kept = sources.colorful_records(every, float(data_config.min_colorfulness), data_config.path)
+    return len(every) - len(kept)
+
+
 def shard_records(records: list, process_index: int, process_count: int) -> list:
     """This process's disjoint share of an evaluation split; together they cover it exactly."""
     return records[process_index::process_count]
