@@ -64,10 +64,7 @@ def _get(config, field: str):
 
 def validate(config) -> None:
     """Raises ConfigError naming the first field of `config` the trainer cannot run with."""
-    from jaxcolor import losses
-    from jaxcolor.data import sources
-    from jaxcolor.models import DTYPES, MODEL_NAMES, MODELS
-    from jaxcolor.models.autoencoder import OPS
+    from jaxcolor.models import DTYPES, MODELS
 
     _int(config, "seed", 0)
     _int(config, "batch_size", 1)
@@ -78,6 +75,31 @@ def validate(config) -> None:
     _int(config, "prefetch", 0)
     _choice(config, "dtype", tuple(DTYPES))
     _choice(config, "parallel", ("jit", "pmap"))
+    size = _validate_data(config)
+    name = _validate_model(config)
+    stride = _validate_loss(config)
+    multiple = math.lcm(MODELS[name].size_multiple, stride)  # the side the model's input needs
+    if size % multiple:
+        why = f"the {name} model" + (f" with loss.output_stride={stride}" if stride > 1 else "")
+        raise ConfigError(f"config.data.image_size={size}: {why} needs a multiple of {multiple} "
+                          f"(e.g. {max(multiple, size // multiple * multiple)} or "
+                          f"{(size // multiple + 1) * multiple})")
+
+    _choice(config, "optimizer.name", ("adam", "adamw", "sgd"))
+    _choice(config, "optimizer.schedule", ("constant", "cosine"))
+    _float(config, "optimizer.learning_rate", positive=True)
+    _int(config, "optimizer.warmup_steps", 0)
+    _float(config, "optimizer.b1", below=1.0)
+    _float(config, "optimizer.b2", below=1.0)
+    _float(config, "optimizer.weight_decay")
+    _float(config, "optimizer.grad_clip")
+    if config.get("probe") is not None and _get(config, "probe.enabled"):
+        _float(config, "probe.learning_rate", positive=True)
+
+
+def _validate_data(config) -> int:
+    """The data section; returns the image size."""
+    from jaxcolor.data import sources
 
     source = _choice(config, "data.source", SOURCES)
     if source in ("folder", "shards"):
@@ -118,10 +140,24 @@ def validate(config) -> None:
             except ValueError as exc:
                 raise ConfigError(f"config.{field}: {exc}") from None
 
+    return size
+
+
+def _validate_model(config) -> str:
+    from jaxcolor.models import MODEL_NAMES
+    from jaxcolor.models.autoencoder import OPS
+
     name = _choice(config, "model.name", MODEL_NAMES)
     if name == "autoencoder":
         _float(config, "model.width", positive=True)
         _choice(config, "model.ops", ("auto", *OPS))
+
+    return name
+
+
+def _validate_loss(config) -> int:
+    """The objective's terms and heads, and the networks they need; returns the output stride."""
+    from jaxcolor import losses
 
     _choice(config, "loss.name", (*losses.LOSSES, losses.CLASSIFICATION))
     for term, weight in dict(config.loss.get("terms") or {}).items():
@@ -175,23 +211,7 @@ def validate(config) -> None:
             raise ConfigError(f"config.loss.rebalance_lambda={config.loss.rebalance_lambda}: "
                               "expected a number in [0, 1]")
         _int(config, "loss.neighbours", 1)
-    multiple = math.lcm(MODELS[name].size_multiple, stride)  # the side the model's input needs
-    if size % multiple:
-        why = f"the {name} model" + (f" with loss.output_stride={stride}" if stride > 1 else "")
-        raise ConfigError(f"config.data.image_size={size}: {why} needs a multiple of {multiple} "
-                          f"(e.g. {max(multiple, size // multiple * multiple)} or "
-                          f"{(size // multiple + 1) * multiple})")
-
-    _choice(config, "optimizer.name", ("adam", "adamw", "sgd"))
-    _choice(config, "optimizer.schedule", ("constant", "cosine"))
-    _float(config, "optimizer.learning_rate", positive=True)
-    _int(config, "optimizer.warmup_steps", 0)
-    _float(config, "optimizer.b1", below=1.0)
-    _float(config, "optimizer.b2", below=1.0)
-    _float(config, "optimizer.weight_decay")
-    _float(config, "optimizer.grad_clip")
-    if config.get("probe") is not None and _get(config, "probe.enabled"):
-        _float(config, "probe.learning_rate", positive=True)
+    return stride
 
 
 def with_defaults(defaults: dict, saved: dict) -> dict:

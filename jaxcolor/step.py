@@ -119,14 +119,10 @@ def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None 
         )
         loss, parts = objective(pred, batch, train=True)
         terms = {f"loss_{name}": value for name, value in parts.items()}
-        for name, c in companions.items():
-            if c.colorizer_loss is not None:
-                out, _ = _apply_companion(state.companions[name], c, batch, decode(pred))
-                term = c.colorizer_loss(out, batch)
-                if c.term_starts:
-                    term = jnp.where(state.step >= c.term_starts, term, 0.0)
-                terms[f"{name}_term"] = term
-                loss = loss + term
+        terms.update(_companion_terms(state, companions, batch, decode(pred)))
+        for name in companions:
+            if f"{name}_term" in terms:
+                loss = loss + terms[f"{name}_term"]
         return loss, (pred, updates["batch_stats"], terms)
 
     (loss, (pred, batch_stats, terms)), grads = jax.value_and_grad(loss_of, has_aux=True)(
@@ -139,28 +135,15 @@ def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None 
     metrics = {"loss": loss, "ab_mae": ab_mae * color.AB_SCALE, "grad_norm": grad_norm}
     for name, term in terms.items():  # loss_<term> of the objective, <companion>_term
         metrics[name] = _mean(term, axis_name)
-    companion_states = {}
-    ab_seen = jax.lax.stop_gradient(decode(pred))
-    for name, c in companions.items():
-        old = state.companions[name]
-        new, c_loss, c_metrics, c_norm = _companion_update(old, c, batch, ab_seen, axis_name)
-        if c.starts:  # NoGAN: the companion waits for the colorizer's first steps
-            new = _select(state.step >= c.starts, new, old)
-        companion_states[name] = new
-        metrics[f"{name}_loss"] = c_loss
-        metrics.update({f"{name}_{k}": v for k, v in c_metrics.items()})
-        finite = finite & jnp.isfinite(c_loss) & jnp.isfinite(c_norm)
-    metrics["finite"] = finite
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    held = [(c.starts, c.term_starts) for c in companions.values() if c.term_starts > c.starts]
-    if held:  # NoGAN's critic-only steps: the colorizer keeps its parameters and optimizer
-        frozen = functools.reduce(jnp.logical_or, [(state.step >= a) & (state.step < b)
-                                                   for a, b in held])
-        new_state = new_state.replace(**{
-            k: _select(frozen, getattr(state, k), getattr(new_state, k))
-            for k in ("params", "opt_state", "batch_stats")})
     if companions:
-        new_state = new_state.replace(companions=companion_states)
+        ab_seen = jax.lax.stop_gradient(decode(pred))
+        states, companion_metrics = _update_companions(state, companions, batch, ab_seen,
+                                                       axis_name)
+        finite = finite & companion_metrics.pop("finite")
+        metrics.update(companion_metrics)
+        new_state = _hold_colorizer(state, new_state, companions).replace(companions=states)
+    metrics["finite"] = finite
     if skip_nonfinite:
         new_state = _select(finite, new_state, state)
     return new_state, metrics
@@ -169,6 +152,49 @@ def train_step(state: TrainState, batch, rng, *, loss_fn, axis_name: str | None 
 def _select(pred, new, old):
     """`new` where the scalar `pred` holds, else `old`, leaf by leaf, on device (one program)."""
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def _companion_terms(state, companions, batch, ab_pred) -> dict:
+    """`<name>_term` of each companion that adds to the colorizer's loss (0 before its
+    `term_starts`): the colorizer's gradient flows through `ab_pred`, not into the companion."""
+    terms = {}
+    for name, c in companions.items():
+        if c.colorizer_loss is not None:
+            out, _ = _apply_companion(state.companions[name], c, batch, ab_pred)
+            term = c.colorizer_loss(out, batch)
+            if c.term_starts:
+                term = jnp.where(state.step >= c.term_starts, term, 0.0)
+            terms[f"{name}_term"] = term
+    return terms
+
+
+def _update_companions(state, companions, batch, ab_seen, axis_name):
+    """Each companion's own step on the prediction it sees (from its `starts` on): (new states,
+    metrics `<name>_loss` and `<name>_<metric>`, plus `finite` of them all)."""
+    states, metrics, finite = {}, {}, True
+    for name, c in companions.items():
+        old = state.companions[name]
+        new, c_loss, c_metrics, c_norm = _companion_update(old, c, batch, ab_seen, axis_name)
+        if c.starts:  # NoGAN: the companion waits for the colorizer's first steps
+            new = _select(state.step >= c.starts, new, old)
+        states[name] = new
+        metrics[f"{name}_loss"] = c_loss
+        metrics.update({f"{name}_{k}": v for k, v in c_metrics.items()})
+        finite = finite & jnp.isfinite(c_loss) & jnp.isfinite(c_norm)
+    metrics["finite"] = finite
+    return states, metrics
+
+
+def _hold_colorizer(state, new_state, companions):
+    """NoGAN's critic-only steps (from a companion's `starts` to its `term_starts`): the
+    colorizer keeps its parameters, optimizer state and statistics; the step count moves on."""
+    held = [(c.starts, c.term_starts) for c in companions.values() if c.term_starts > c.starts]
+    if not held:
+        return new_state
+    frozen = functools.reduce(jnp.logical_or, [(state.step >= a) & (state.step < b)
+                                               for a, b in held])
+    return new_state.replace(**{k: _select(frozen, getattr(state, k), getattr(new_state, k))
+                                for k in ("params", "opt_state", "batch_stats")})
 
 
 def _apply_companion(c_state, companion, batch, ab_pred, params=None):

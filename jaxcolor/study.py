@@ -136,8 +136,11 @@ class Member:
     def eval_files(self, split: str) -> list[str]:
         from jaxcolor import evaluate
 
-        pattern = os.path.basename(evaluate.result_path(self.workdir, split, 0))
-        return sorted(glob.glob(os.path.join(self.workdir, pattern[: -len("0.json")] + "*.json")))
+        # eval_<split>_<step>.json only: not the variants (_T<temperature>, _x<ab scale>)
+        prefix = os.path.basename(evaluate.result_path(self.workdir, split, 0))[: -len("0.json")]
+        files = glob.glob(os.path.join(self.workdir, prefix + "*.json"))
+        plain = [f for f in files if os.path.basename(f)[len(prefix):-len(".json")].isdigit()]
+        return sorted(plain, key=lambda f: int(os.path.basename(f)[len(prefix):-len(".json")]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -88,8 +88,8 @@ BUGS = (
     # issue 16: a second network in the train state
     Bug("companion_not_updated", "the probe's new state is dropped at every step",
         "jaxcolor/step.py",
-        "        new_state = new_state.replace(companions=companion_states)",
-        "        pass",
+        "        new_state = _hold_colorizer(state, new_state, companions).replace(companions=states)",
+        "        new_state = _hold_colorizer(state, new_state, companions)",
         ("tests/test_companions.py::"
          "test_the_probe_has_its_own_parameters_statistics_and_optimizer_and_they_train",)),
     Bug("probe_pulls_on_the_colorizer", "the watching probe adds its loss to the colorizer's",
@@ -105,8 +105,8 @@ BUGS = (
     # issue 17: loss terms and adversarial training
     Bug("nogan_colorizer_not_held", "the colorizer keeps training in NoGAN's critic-only steps",
         "jaxcolor/step.py",
-        "    if held:  # NoGAN",
-        "    if False:  # NoGAN",
+        "    if not held:\n        return new_state",
+        "    if True:\n        return new_state",
         ("tests/test_gan.py::test_nogan_schedule_colorizer_alone_then_discriminator_alone_then_both",)),
     Bug("colorfulness_gradient_nan_at_gray", "the colorfulness term's gradient is NaN at gray",
         "jaxcolor/losses.py",

@@ -141,3 +141,17 @@ def test_a_member_interrupted_by_the_runner_resumes_and_is_evaluated(tmp_path):
     assert [h["status"] for h in history] == ["interrupted", "finished"]
     assert history[1]["start_step"] == stopped_at
 
+
+
+def test_a_member_reads_its_newest_plain_evaluation_not_a_variant(tmp_path):
+    """`evaluate --temperature` / `--ab_scale` write eval_<split>_<step>_T.. / _x.. beside the
+    plain record; the study must read eval_<split>_<newest step>.json, by number (100 > 99)."""
+    from jaxcolor.study import Member
+
+    member = Member(str(tmp_path), "cell", 0, {})
+    os.makedirs(member.workdir)
+    for name in ("eval_test_99.json", "eval_test_100.json", "eval_test_100_x1.2.json",
+                 "eval_test_100_T0.json", "eval_validation_200.json"):
+        open(os.path.join(member.workdir, name), "w").close()
+    assert [os.path.basename(f) for f in member.eval_files("test")] == [
+        "eval_test_99.json", "eval_test_100.json"]
