@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import require
+from test_resnet import keras3_writer_file  # Keras 3's legacy writer, as for ResNet50
 
 from jaxcolor.models import vgg16
 from jaxcolor.models.vgg16 import KERAS_FILE, VGG16Features, load, perceptual_distance
@@ -117,14 +118,6 @@ def keras_reference():
 @functools.cache
 def jitted_apply(layers=TAPS):
     return jax.jit(VGG16Features(layers=layers).apply)
-
-
-def keras3_writer_file(keras_reference, path):
-    """The file Keras 3's own legacy HDF5 writer produces for the same model."""
-    legacy = require("keras.src.legacy.saving.legacy_h5_format")
-    with h5py.File(path, "w") as f:
-        legacy.save_weights_to_hdf5_group(f, keras_reference["model"])
-    return path
 
 
 @pytest.mark.parametrize("style", ["keras1", "keras2", "keras3_writer"])
